@@ -1,0 +1,198 @@
+"""The paper's response formats, their parser and the warm-up demonstrations.
+
+- `regular`: one chain of thought ending in `\\boxed{answer}`; it contains no trial marker.
+- `sv` (sequential voting): up to 8 attempts `[TRIAL] ... \\boxed{a} [/TRIAL]`, stopping early once one
+  answer has been seen 3 times (consensus); the final answer is the consensus, else the most frequent
+  answer (ties go to the one seen first). Nothing follows the last trial: the vote is computed, not
+  written, so a response is graded by what its trials say.
+- `asv` (adaptive): the regular format on easy problems, sequential voting on hard ones; the model
+  chooses. It is the prompt IBPO trains with.
+
+Any text parses: a trial cut short (no `[/TRIAL]`) counts as a trial without an answer, and a response
+with no usable answer has `final_answer=None`, which grades as wrong.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from ibpo_fast.rollout.tasks import Problem
+
+TRIAL_OPEN = "[TRIAL]"
+TRIAL_CLOSE = "[/TRIAL]"
+FORMATS = ("regular", "sv", "asv")
+MAX_TRIALS = 8
+CONSENSUS = 3
+HARD_LEVEL = 3  # asv demonstrations vote from this level up
+
+_SHORT_TAGS = {"regular": "solve", "sv": "vote", "asv": "auto"}
+_INSTRUCTIONS = {
+    "regular": "Solve the problem step by step and put the final answer in \\boxed{}.",
+    "sv": (f"Solve the problem by sequential voting: make up to {MAX_TRIALS} attempts, each written as "
+           f"{TRIAL_OPEN} reasoning \\boxed{{answer}} {TRIAL_CLOSE}, and stop as soon as one answer has "
+           f"appeared {CONSENSUS} times."),
+    "asv": (f"If the problem is easy, solve it once step by step and put the final answer in \\boxed{{}}. "
+            f"If it is hard, make up to {MAX_TRIALS} attempts, each written as {TRIAL_OPEN} reasoning "
+            f"\\boxed{{answer}} {TRIAL_CLOSE}, and stop as soon as one answer has appeared {CONSENSUS} times."),
+}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    trial_answers: list[str | None]  # one per [TRIAL] block, None where the block gives no answer
+    num_trials: int  # [TRIAL] blocks, 0 for the regular format
+    final_answer: str | None  # the voted (or only) answer; None grades as wrong
+    well_formed: bool  # the response follows its format exactly
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+
+
+def prompt_text(problem: Problem, fmt: str, *, verbose: bool = False) -> str:
+    """The prompt for `problem` in format `fmt`. The short form ("vote:47+85\\n") is for the tiny
+    char-level model, whose demonstrations teach it what each tag means; `verbose` spells out the
+    format for a pretrained instruction model."""
+    _check_format(fmt)
+    if verbose:
+        return f"{_INSTRUCTIONS[fmt]}\n\nProblem: {problem.text}\n"
+    return f"{_SHORT_TAGS[fmt]}:{problem.text}\n"
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` whose braces balance (nested braces allowed), stripped;
+    None when there is none or it is empty."""
+    found = None
+    for match in re.finditer(r"\\boxed\{", text):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                found = text[start:i].strip() or None
+                break
+    return found
+
+
+def _vote_key(answer: str) -> str:
+    return re.sub(r"\s+", "", answer)
+
+
+def vote(answers: list[str | None]) -> str | None:
+    """Sequential vote: the first answer to reach `CONSENSUS` occurrences, else the most frequent, ties
+    to the one seen first; None answers abstain. Answers equal up to whitespace count as one."""
+    counts: Counter[str] = Counter()
+    first_seen: dict[str, str] = {}
+    for answer in answers:
+        if answer is None:
+            continue
+        key = _vote_key(answer)
+        first_seen.setdefault(key, answer)
+        counts[key] += 1
+        if counts[key] == CONSENSUS:
+            return first_seen[key]
+    if not counts:
+        return None
+    # max() keeps the first maximal key, and keys are in order of first occurrence.
+    return first_seen[max(counts, key=counts.__getitem__)]
+
+
+def _consensus_index(answers: list[str | None]) -> int | None:
+    """Index of the trial that completes the first consensus, None without one."""
+    counts: Counter[str] = Counter()
+    for i, answer in enumerate(answers):
+        if answer is not None:
+            counts[_vote_key(answer)] += 1
+            if counts[_vote_key(answer)] == CONSENSUS:
+                return i
+    return None
+
+
+def parse(response_text: str) -> Parsed:
+    """Parse a response of any format; never raises."""
+    if TRIAL_OPEN not in response_text:
+        answer = last_boxed(response_text)
+        well_formed = answer is not None and TRIAL_CLOSE not in response_text
+        return Parsed([], 0, answer, well_formed)
+    blocks = response_text.split(TRIAL_OPEN)[1:]
+    answers: list[str | None] = []
+    well_formed = True
+    for block in blocks:
+        body, closed, tail = block.partition(TRIAL_CLOSE)
+        # Only a closed trial has an answer: a cut-off attempt may stop mid-number.
+        answers.append(last_boxed(body) if closed else None)
+        well_formed &= bool(closed) and answers[-1] is not None and not tail.strip()
+    counted = answers[:MAX_TRIALS]  # attempts past the cap are cost, not votes
+    consensus = _consensus_index(counted)
+    well_formed &= len(blocks) <= MAX_TRIALS and consensus in (None, len(blocks) - 1)
+    return Parsed(answers, len(blocks), vote(counted), well_formed)
+
+
+# --- demonstrations (the warm-up SFT data) ----------------------------------------------------------
+
+def _column_steps(operands: list[int], rng: random.Random | None) -> tuple[str, str]:
+    """Digit-by-digit column addition, right to left, carry added last: "7+5=12,4+8+1=13" and the
+    sum. With `rng`, one column's sum is off by one and the rest follows from it (a plausible slip)."""
+    digits = [str(x)[::-1] for x in operands]
+    num_columns = max(map(len, digits))
+    slip_column = rng.randrange(num_columns) if rng else -1
+    steps, sum_digits, carry = [], [], 0
+    for col in range(num_columns):
+        terms = [d[col] for d in digits if col < len(d)] + ([str(carry)] if carry else [])
+        total = sum(map(int, terms))
+        if col == slip_column:  # at least 3 distinct slips per column, so a vote can always be built
+            total += rng.choice([d for d in (-2, -1, 1, 2, 3) if total + d >= 0])
+        steps.append(f"{'+'.join(terms)}={total}")
+        carry = total // 10
+        sum_digits.append(str(total % 10) if col < num_columns - 1 else str(total)[::-1])
+    return ",".join(steps), "".join(sum_digits)[::-1]
+
+
+def _attempt(problem: Problem, rng: random.Random | None) -> str:
+    """One attempt ending in a boxed answer; with `rng`, a wrong one. Arithmetic problems get real
+    column steps; other problems (no steps known) just state the answer."""
+    if re.fullmatch(r"\d+(\+\d+)+", problem.text):
+        steps, answer = _column_steps([int(x) for x in problem.text.split("+")], rng)
+        return f"{steps} \\boxed{{{answer}}}"
+    if rng is not None:
+        raise ValueError(f"problem: wrong attempts need an arithmetic problem, got {problem.text!r}")
+    return f"The answer is \\boxed{{{problem.answer}}}"
+
+
+def _voting_demo(problem: Problem, rng: random.Random, num_trials: int | None) -> str:
+    if num_trials is None:  # half reach consensus at once, half after 1..5 slips
+        num_trials = CONSENSUS + (rng.randint(1, MAX_TRIALS - CONSENSUS) if rng.random() < 0.5 else 0)
+    if not 1 <= num_trials <= MAX_TRIALS:
+        raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
+    num_wrong = max(0, num_trials - CONSENSUS)
+    # The last trial completes the consensus; the other right ones fall anywhere before it.
+    wrong_slots = set(rng.sample(range(num_trials - 1), num_wrong))
+    correct = _attempt(problem, None)
+    trials, wrong_answers = [], Counter()
+    for i in range(num_trials):
+        text = correct
+        while i in wrong_slots and text == correct:
+            candidate = _attempt(problem, rng)
+            answer = last_boxed(candidate)
+            # A slip must not win the vote: it differs from the answer and occurs at most twice.
+            if answer != problem.answer and wrong_answers[answer] < CONSENSUS - 1:
+                wrong_answers[answer] += 1
+                text = candidate
+        trials.append(f"{TRIAL_OPEN}{text}{TRIAL_CLOSE}")
+    return "".join(trials)
+
+
+def demonstration(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int | None = None,
+                  hard_level: int = HARD_LEVEL) -> str:
+    """A response in format `fmt` whose final answer is right, for warm-up SFT. Voting demonstrations
+    include wrong attempts (one-column slips) before the consensus so the model learns to keep going
+    when attempts disagree; `num_trials` fixes their count (default: random). `asv` votes from
+    `hard_level` up and answers once below it."""
+    _check_format(fmt)
+    if fmt == "sv" or (fmt == "asv" and problem.level >= hard_level):
+        return _voting_demo(problem, rng, num_trials)
+    if num_trials is not None:
+        raise ValueError(f"num_trials applies to voting responses only, got {num_trials} for a regular one")
+    return _attempt(problem, None)

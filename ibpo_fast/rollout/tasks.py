@@ -1,0 +1,170 @@
+"""Tasks: where problems come from and how an answer is checked, behind one small interface.
+
+- `ArithmeticTask`: procedural column addition with difficulty levels, no dependency. It is the task of
+  the tiny embedded default (a ~1M-parameter char-level model trained from scratch on a CPU), so problems
+  are short; harder levels need more column steps, so one attempt fails more often and voting helps.
+- `ReasoningGymTask`: any procedural dataset of `reasoning_gym` (optional extra `tasks`).
+- `JsonlMathTask`: `{"problem", "answer"[, "level"]}` lines graded with math-verify.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Problem:
+    uid: str  # unique within one `problems()` list
+    text: str  # the problem statement, without any format instruction
+    answer: str  # the reference answer
+    level: int  # difficulty; 0 when unknown
+
+
+class Task(Protocol):
+    def problems(self, split: str, n: int, seed: int) -> list[Problem]:
+        """n problems of `split`; the same arguments always give the same list."""
+
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
+        """Whether `answer` (a final answer extracted from a response; None = none) solves `problem`."""
+
+
+def _check_request(split: str, n: int) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+
+
+def normalize_answer(answer: str) -> str:
+    """Loose string form for comparing answers: no whitespace, no thousands commas, no trailing dot."""
+    return re.sub(r"\s+|,", "", answer).rstrip(".").lower()
+
+
+# Level -> (number of operands, digits per operand). More columns and more operands mean more
+# carry steps, so a single attempt is more likely to slip.
+ARITHMETIC_LEVELS: dict[int, tuple[int, int]] = {1: (2, 1), 2: (2, 2), 3: (3, 2), 4: (3, 3)}
+
+
+class ArithmeticTask:
+    """Column addition, e.g. level 3: "47+85+19". Train and test draw from separate random streams
+    (small levels have few distinct problems, so the two splits overlap there)."""
+
+    def __init__(self, levels: tuple[int, ...] = (1, 2, 3)):
+        if not levels or any(level not in ARITHMETIC_LEVELS for level in levels):
+            raise ValueError(f"levels must be a non-empty subset of {tuple(ARITHMETIC_LEVELS)}, got {levels!r}")
+        self.levels = tuple(levels)
+
+    def problems(self, split: str, n: int, seed: int) -> list[Problem]:
+        _check_request(split, n)
+        rng = random.Random(f"arithmetic/{split}/{seed}")  # str seeds are hashed stably across runs
+        out = []
+        for i in range(n):
+            level = rng.choice(self.levels)
+            num_operands, num_digits = ARITHMETIC_LEVELS[level]
+            low = 0 if num_digits == 1 else 10 ** (num_digits - 1)
+            operands = [rng.randint(low, 10**num_digits - 1) for _ in range(num_operands)]
+            text = "+".join(map(str, operands))
+            out.append(Problem(f"arith/{split}/{seed}/{i}", text, str(sum(operands)), level))
+        return out
+
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
+        return answer is not None and normalize_answer(answer) == normalize_answer(problem.answer)
+
+
+class ReasoningGymTask:
+    """A `reasoning_gym` dataset by name (extra keyword arguments go to its config). The level is the
+    entry's `difficulty` metadata when it is an int, else 0; scoring uses the dataset's own checker."""
+
+    def __init__(self, name: str, **config):
+        try:
+            import reasoning_gym
+        except ImportError as e:
+            raise ImportError(
+                "ReasoningGymTask needs reasoning_gym: pip install 'ibpo_fast[tasks]' (reasoning-gym)"
+            ) from e
+        self._rg = reasoning_gym
+        self.name = name
+        self.config = config
+        self._entries: dict[str, tuple[object, dict]] = {}  # uid -> (dataset, entry), for scoring
+
+    def problems(self, split: str, n: int, seed: int) -> list[Problem]:
+        _check_request(split, n)
+        if n == 0:
+            return []
+        # Distinct seeds per split so test problems are not the train problems.
+        split_seed = seed * len(SPLITS) + SPLITS.index(split)
+        dataset = self._rg.create_dataset(self.name, size=n, seed=split_seed, **self.config)
+        out = []
+        for i in range(n):
+            entry = dataset[i]
+            uid = f"{self.name}/{split}/{seed}/{i}"
+            difficulty = entry.get("metadata", {}).get("difficulty")
+            level = difficulty if isinstance(difficulty, int) else 0
+            self._entries[uid] = (dataset, entry)
+            out.append(Problem(uid, entry["question"], str(entry["answer"]), level))
+        return out
+
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
+        if answer is None:
+            return False
+        if problem.uid not in self._entries:  # a problem this instance did not make
+            return normalize_answer(answer) == normalize_answer(problem.answer)
+        dataset, entry = self._entries[problem.uid]
+        return dataset.score_answer(answer, entry) >= 1.0
+
+
+class JsonlMathTask:
+    """Problems from a JSONL file of `{"problem", "answer"[, "level"][, "id"]}` lines. A fixed hash of
+    the problem text puts each line in train or test (`test_fraction` of them in test), so the split
+    does not depend on the file order. Answers are checked with math-verify when installed."""
+
+    def __init__(self, path: str | Path, *, test_fraction: float = 0.1):
+        if not 0.0 <= test_fraction <= 1.0:
+            raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"path: no such file {str(path)!r}")
+        self._splits: dict[str, list[Problem]] = {split: [] for split in SPLITS}
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "problem" not in row or "answer" not in row:
+                raise ValueError(f"path: line {line_no} of {str(path)!r} lacks 'problem' or 'answer'")
+            problem = Problem(str(row.get("id", f"{path.stem}/{line_no}")), row["problem"],
+                              str(row["answer"]), int(row.get("level", 0)))
+            in_test = zlib.crc32(problem.text.encode()) / 2**32 < test_fraction
+            self._splits["test" if in_test else "train"].append(problem)
+
+    def problems(self, split: str, n: int, seed: int) -> list[Problem]:
+        _check_request(split, n)
+        pool = self._splits[split]
+        if n > len(pool):
+            raise ValueError(f"n={n} exceeds the {len(pool)} problems of split {split!r}")
+        return random.Random(seed).sample(pool, n)
+
+    def is_correct(self, problem: Problem, answer: str | None) -> bool:
+        return answer is not None and math_equal(problem.answer, answer)
+
+
+def math_equal(reference: str, answer: str) -> bool:
+    """math-verify equivalence (e.g. 1/2 == 0.5), else normalised string equality. Model output can be
+    anything, so any failure inside the checker counts as wrong rather than stopping training."""
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        return normalize_answer(reference) == normalize_answer(answer)
+    try:
+        gold, pred = parse(f"${reference}$"), parse(f"\\boxed{{{answer}}}")
+        if gold and pred:
+            return bool(verify(gold, pred))
+    except Exception:  # noqa: BLE001 - sympy/parser errors on arbitrary model text
+        return False
+    return normalize_answer(reference) == normalize_answer(answer)
