@@ -1,9 +1,10 @@
 """The budget ILP through HiGHS, for the cases `exact` does not cover (and as its cross-check).
 
 The model goes in through one low-level ``Highs.passModel`` call with the CSR rows from
-`ibpo_fast.grouping.statistics`; going variable by variable through highspy's modelling layer is what
-made a naive solve at n = 65,536 take 30.7 s. Samples with utility ≤ 0 never enter the model (they
-could only be selected at no gain, and DESIGN §1 says they never are).
+`ibpo_fast.grouping.statistics`, and presolve is off (see `_run`); DESIGN §1 records 30.7 s for a naive
+MIP at n = 65,536, this takes 0.2-0.3 s on margin utilities there, but still seconds on binary rewards,
+whose many ties make the LP degenerate (``python -m benchmarks.ilp``). Samples with utility ≤ 0 never
+enter the model (they could only be selected at no gain, and DESIGN §1 says they never are).
 
 Ties. HiGHS returns some optimal vertex; which one is arbitrary. A post-pass makes the answer
 deterministic inside each prompt without changing the objective or feasibility: (1) inside each
@@ -48,9 +49,13 @@ def _rows(u, g, p, problem: Problem):
 def _run(u, indptr, indices, row_upper, time_limit):
     highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
-    # the LP relaxation is integral (exact.py), so only round-off separates bound and incumbent
+    # the LP relaxation is integral (exact.py): the root LP solves the MIP, so only round-off may
+    # separate bound and incumbent, and presolve plus its root restarts cost more than they save
+    # (measured at n = 65,536, K = 3, m = 1: 3-7 s with them, 0.2 s without)
     highs.setOptionValue("mip_rel_gap", 1e-9)
     highs.setOptionValue("mip_abs_gap", 0.0)
+    highs.setOptionValue("presolve", "off")
+    highs.setOptionValue("mip_root_presolve_only", True)
     if time_limit is not None:
         highs.setOptionValue("time_limit", float(time_limit))
     n, num_rows = len(u), len(row_upper)

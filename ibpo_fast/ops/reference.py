@@ -60,15 +60,22 @@ class TorchBackend:
         return torch.float64 if hidden.dtype == torch.float64 else torch.float32
 
     def _tiles(self, hidden, weight):
-        """Yield (row slice, vocab start, hidden tile, weight tile, logits tile) in a fixed order."""
+        """Yield (row slice, vocab start, hidden tile, weight tile, logits tile) in a fixed order.
+
+        Every logits tile is a view of one workspace, valid until the next tile is yielded: a fresh tile per step
+        would hold two at the peak (the consumer's loop variable keeps the old one while the next is computed).
+        """
         dtype = self._compute_dtype(hidden)
         token_chunk, vocab_chunk = self.plan(hidden.shape[0], weight.shape[0])
+        workspace = torch.empty(token_chunk * vocab_chunk, dtype=dtype, device=hidden.device)
         for r0 in range(0, hidden.shape[0], token_chunk):
             rows = slice(r0, min(r0 + token_chunk, hidden.shape[0]))
             hidden_tile = hidden[rows].to(dtype)
             for v0 in range(0, weight.shape[0], vocab_chunk):
                 weight_tile = weight[v0 : v0 + vocab_chunk].to(dtype)
-                yield rows, v0, hidden_tile, weight_tile, hidden_tile @ weight_tile.T
+                shape = (hidden_tile.shape[0], weight_tile.shape[0])
+                logits = workspace[: shape[0] * shape[1]].view(shape)
+                yield rows, v0, hidden_tile, weight_tile, torch.mm(hidden_tile, weight_tile.T, out=logits)
 
     def forward(self, hidden, weight, targets, inv_temp: float):
         """-> (logp [R], lse [R]) of the scaled logits ``hidden @ weight.T * inv_temp``."""

@@ -117,7 +117,10 @@ class ReasoningGymTask:
         if problem.uid not in self._entries:  # a problem this instance did not make
             return normalize_answer(answer) == normalize_answer(problem.answer)
         dataset, entry = self._entries[problem.uid]
-        return dataset.score_answer(answer, entry) >= 1.0
+        try:
+            return dataset.score_answer(answer, entry) >= 1.0
+        except Exception:  # noqa: BLE001 - third-party checkers on arbitrary model text; wrong, not fatal
+            return False
 
 
 class JsonlMathTask:
@@ -142,6 +145,11 @@ class JsonlMathTask:
                               str(row["answer"]), int(row.get("level", 0)))
             in_test = zlib.crc32(problem.text.encode()) / 2**32 < test_fraction
             self._splits["test" if in_test else "train"].append(problem)
+
+    def size(self, split: str) -> int:
+        """Number of problems in `split`."""
+        _check_request(split, 0)
+        return len(self._splits[split])
 
     def problems(self, split: str, n: int, seed: int) -> list[Problem]:
         _check_request(split, n)

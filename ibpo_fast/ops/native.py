@@ -1,0 +1,85 @@
+"""The `native` backend: the chunked torch loop (reference.py) with the per-tile elementwise work done by the
+C++ kernels of ``kernels/`` (ibpo_fast._native), one fused pass per row instead of torch eager's several.
+
+The matmuls stay with torch (BLAS); only what sits between them is native. The extension is optional: it is
+built by ``pip install .`` (scikit-build-core, CMakeLists.txt). Without it ``is_available()`` is False, "auto"
+picks the torch backend, and asking for "native" raises a ValueError saying how to build it.
+
+f64 tiles (the high-precision reference path) run the torch kernels: the native ones compute in f32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .reference import TorchBackend, TorchChunkKernels
+
+try:
+    from .. import _native
+except ImportError as error:  # not built: keep the reason for the message
+    _native, _IMPORT_ERROR = None, error
+else:
+    _IMPORT_ERROR = None
+
+
+def is_available() -> bool:
+    return _native is not None
+
+
+class NativeChunkKernels:
+    """`TorchChunkKernels`' methods on the C++ row kernels (f32 and bf16 tiles), OpenMP over rows.
+
+    The team size follows ``torch.get_num_threads()`` at each call, so ``torch.set_num_threads`` governs both.
+    """
+
+    @staticmethod
+    def online_logsumexp_(z, local_targets, running_max, running_sum, target_logit) -> None:
+        if z.dtype == torch.float64:
+            return TorchChunkKernels.online_logsumexp_(z, local_targets, running_max, running_sum, target_logit)
+        _native.online_logsumexp_(z, local_targets, running_max, running_sum, target_logit, torch.get_num_threads())
+
+    @staticmethod
+    def softmax_grad_(z, local_targets, lse, row_scale) -> None:
+        if z.dtype == torch.float64:
+            return TorchChunkKernels.softmax_grad_(z, local_targets, lse, row_scale)
+        _native.softmax_grad_(z, local_targets, lse, row_scale, torch.get_num_threads())
+
+    @staticmethod
+    def logsumexp_and_grad_(z, targets, row_scale) -> torch.Tensor:
+        """Whole-vocabulary tile: -> logp [rows]; z <- d(row_scale * logp)/dz in place (-100 rows: 0, 0)."""
+        if z.dtype == torch.float64:
+            return _torch_logsumexp_and_grad_(z, targets, row_scale)
+        logp = torch.empty(z.shape[0], dtype=torch.float32)
+        _native.logsumexp_and_grad_(z, targets, row_scale, logp, torch.get_num_threads())
+        return logp
+
+
+def _torch_logsumexp_and_grad_(z, targets, row_scale):
+    running_max = torch.full((z.shape[0],), float("-inf"), dtype=z.dtype)
+    running_sum, target_logit = torch.zeros_like(running_max), torch.zeros_like(running_max)
+    TorchChunkKernels.online_logsumexp_(z, targets, running_max, running_sum, target_logit)
+    lse = running_max + running_sum.log()
+    TorchChunkKernels.softmax_grad_(z, targets, lse, row_scale)
+    return target_logit - lse
+
+
+@dataclass(frozen=True)
+class NativeBackend(TorchBackend):
+    """The torch backend's loop and plan with the native kernels.
+
+    The default workspace is smaller than torch's: a tile the row kernels read right after the matmul wrote it
+    should still be in the last-level cache (measured in benchmarks/native_vs_torch.py).
+    """
+
+    workspace_bytes: int = 256 << 20
+    kernels: object = field(default_factory=NativeChunkKernels)
+    name: str = "native"
+
+    def __post_init__(self):
+        if not is_available():
+            raise ValueError(
+                "backend: 'native' needs the compiled extension ibpo_fast._native, which is not built: "
+                "pip install . (or pip install --no-build-isolation -e .) builds it with CMake and a C++17 "
+                f"compiler with OpenMP; or use backend='torch' (import error: {_IMPORT_ERROR})"
+            )

@@ -1,0 +1,191 @@
+"""Triton kernels of the `triton` backend: token log-probs of an LM head and their gradients, logits never stored.
+
+Shapes: hidden [R, H], weight [V, H], targets [R] in [0, V). Every kernel recomputes the scaled logits
+``hidden @ weight.T * inv_temp`` tile by tile with ``_logits_tile`` (f32 accumulation) and keeps them in
+registers. The launchers, the plan (tile sizes) and the merge of the vocabulary splits are in
+``triton_backend.py``.
+
+Numerics: ``tl.dot`` runs in the input dtype (bf16/f16 tensor cores, f32 accumulation); for f32 inputs
+``PRECISION`` ("ieee" by default) decides whether tensor cores (tf32) may be used. ``UPCAST`` is set only
+under ``TRITON_INTERPRET=1``: the interpreter computes garbage from bf16 arithmetic and ``tl.dot`` (loads and
+stores are exact, f32 -> bf16 conversion truncates), so every tile is converted to f32 right after its load.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+
+@triton.jit
+def _online_logsumexp(z, running_max, running_sum):
+    """Fold a logits tile z [BLOCK_R, BLOCK_V] (-inf on absent columns) into each row's running max and sum of exp."""
+    new_max = tl.maximum(running_max, tl.max(z, axis=1))
+    running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
+    return new_max, running_sum
+
+
+@triton.jit
+def _load_tile(ptr, offsets, mask, UPCAST: tl.constexpr):
+    tile = tl.load(ptr + offsets, mask=mask, other=0.0)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
+def _logits_tile(
+    hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Scaled logits of ``rows`` x ``cols`` as [BLOCK_R, BLOCK_V] f32; -inf on columns >= V, finite on rows >= R."""
+    acc = tl.zeros((BLOCK_R, BLOCK_V), dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + tl.arange(0, BLOCK_H)
+        h = _load_tile(
+            hidden_ptr, rows[:, None] * stride_hr + ks[None, :] * stride_hh,
+            (rows[:, None] < R) & (ks[None, :] < H), UPCAST,
+        )
+        w = _load_tile(
+            weight_ptr, cols[:, None] * stride_wv + ks[None, :] * stride_wh,
+            (cols[:, None] < V) & (ks[None, :] < H), UPCAST,
+        )
+        acc = tl.dot(h, tl.trans(w), acc, input_precision=PRECISION)
+    return tl.where(cols[None, :] < V, acc * inv_temp, float("-inf"))
+
+
+@triton.jit
+def _grad_operand(g, dtype, UPCAST: tl.constexpr):
+    """The f32 gradient tile as a ``tl.dot`` operand in the input dtype. Under the interpreter it is rounded too
+    (toward zero there, to nearest even on the GPU) and then widened again, so the tests see that rounding error."""
+    g = g.to(dtype)
+    if UPCAST:
+        g = g.to(tl.float32)
+    return g
+
+
+# One program: rows [r0, r0 + BLOCK_R) against one split of the vocabulary, columns
+# [s * VOCAB_PER_PROGRAM, (s + 1) * VOCAB_PER_PROGRAM) ∩ [0, V): the rows' max, sum of exp(logit - max) and
+# target logit over those columns, written to row s of the [S, R] partials (merged in a fixed order by the launcher).
+@triton.jit
+def _logprob_fwd_kernel(
+    part_max_ptr, part_sum_ptr, part_target_ptr,
+    hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, targets_ptr,
+    R, V, H, inv_temp,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, VOCAB_PER_PROGRAM: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    split = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    targets = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
+    running_max = tl.full((BLOCK_R,), float("-inf"), dtype=tl.float32)
+    running_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    target_logit = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    v_start = split * VOCAB_PER_PROGRAM
+    for v0 in range(v_start, tl.minimum(v_start + VOCAB_PER_PROGRAM, V), BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        z = _logits_tile(
+            hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
+            BLOCK_R, BLOCK_V, BLOCK_H, UPCAST, PRECISION,
+        )
+        running_max, running_sum = _online_logsumexp(z, running_max, running_sum)
+        target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), axis=1)
+    out = split * R + rows
+    tl.store(part_max_ptr + out, running_max, mask=row_mask)
+    tl.store(part_sum_ptr + out, running_sum, mask=row_mask)
+    tl.store(part_target_ptr + out, target_logit, mask=row_mask)
+
+
+@triton.jit
+def _onehot_minus_softmax(z, lse, targets, cols):
+    """d logp / d z of one logits tile: onehot(target) - exp(z - lse), 0 on absent columns (z = -inf)."""
+    return tl.where(cols[None, :] == targets[:, None], 1.0, 0.0) - tl.exp(z - lse[:, None])
+
+
+# One program: d_hidden[r0 : r0 + BLOCK_R] = row_scale * (onehot - softmax) @ weight over the whole vocabulary,
+# logits recomputed tile by tile. The program owns its rows: plain read-add-write of f32 d_hidden, no atomics,
+# a fixed summation order. The row scale is applied once at the end, so the bf16/f16 dot operand is in [-1, 1].
+# A block whose rows all have scale 0 (sequences the weighted loss does not select) leaves its zeros untouched.
+@triton.jit
+def _d_hidden_kernel(
+    d_hidden_ptr, stride_dr, stride_dh,
+    hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, targets_ptr, lse_ptr, row_scale_ptr,
+    R, V, H, inv_temp,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    row_scale = tl.load(row_scale_ptr + rows, mask=row_mask, other=0.0)
+    if tl.max(tl.abs(row_scale), axis=0) > 0:
+        targets = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+            z = _logits_tile(
+                hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
+                BLOCK_R, BLOCK_V, BLOCK_H, UPCAST, PRECISION,
+            )
+            g = _grad_operand(_onehot_minus_softmax(z, lse, targets, cols), weight_ptr.dtype.element_ty, UPCAST)
+            for k0 in range(0, H, BLOCK_H):
+                ks = k0 + tl.arange(0, BLOCK_H)
+                w = _load_tile(
+                    weight_ptr, cols[:, None] * stride_wv + ks[None, :] * stride_wh,
+                    (cols[:, None] < V) & (ks[None, :] < H), UPCAST,
+                )
+                d_ptrs = d_hidden_ptr + rows[:, None] * stride_dr + ks[None, :] * stride_dh
+                d_mask = row_mask[:, None] & (ks[None, :] < H)
+                acc = tl.load(d_ptrs, mask=d_mask, other=0.0)
+                tl.store(d_ptrs, tl.dot(g, w, acc, input_precision=PRECISION), mask=d_mask)
+        for k0 in range(0, H, BLOCK_H):
+            ks = k0 + tl.arange(0, BLOCK_H)
+            d_ptrs = d_hidden_ptr + rows[:, None] * stride_dr + ks[None, :] * stride_dh
+            d_mask = row_mask[:, None] & (ks[None, :] < H)
+            tl.store(d_ptrs, tl.load(d_ptrs, mask=d_mask, other=0.0) * row_scale[:, None], mask=d_mask)
+
+
+# One program: d_weight[v0 : v0 + BLOCK_V] = G^T @ hidden over all R rows, G = row_scale * (onehot - softmax)
+# recomputed tile by tile. The program owns its vocabulary rows: no atomics, a fixed summation order. Each
+# row block's G is divided by its largest |row_scale| before the cast to the dot dtype (no f16 underflow when
+# the weighted loss's coefficients are tiny) and the dot result multiplied back; blocks of scale 0 are skipped.
+@triton.jit
+def _d_weight_kernel(
+    d_weight_ptr, stride_dv, stride_dh,
+    hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, targets_ptr, lse_ptr, row_scale_ptr,
+    R, V, H, inv_temp,
+    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    cols = tl.program_id(0).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
+    col_mask = cols < V
+    for r0 in range(0, R, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R).to(tl.int64)
+        row_mask = rows < R
+        row_scale = tl.load(row_scale_ptr + rows, mask=row_mask, other=0.0)
+        block_scale = tl.max(tl.abs(row_scale), axis=0)
+        if block_scale > 0:
+            targets = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
+            lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+            z = _logits_tile(
+                hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
+                BLOCK_R, BLOCK_V, BLOCK_H, UPCAST, PRECISION,
+            )
+            g = _onehot_minus_softmax(z, lse, targets, cols) * (row_scale / block_scale)[:, None]
+            g_t = tl.trans(_grad_operand(g, weight_ptr.dtype.element_ty, UPCAST))
+            for k0 in range(0, H, BLOCK_H):
+                ks = k0 + tl.arange(0, BLOCK_H)
+                h = _load_tile(
+                    hidden_ptr, rows[:, None] * stride_hr + ks[None, :] * stride_hh,
+                    row_mask[:, None] & (ks[None, :] < H), UPCAST,
+                )
+                d_ptrs = d_weight_ptr + cols[:, None] * stride_dv + ks[None, :] * stride_dh
+                d_mask = col_mask[:, None] & (ks[None, :] < H)
+                acc = tl.load(d_ptrs, mask=d_mask, other=0.0)
+                update = tl.dot(g_t, h, input_precision=PRECISION) * block_scale
+                tl.store(d_ptrs, acc + update, mask=d_mask)
+
+
+INTERPRETED = isinstance(_logprob_fwd_kernel, InterpretedFunction)
+"""True when the kernels were decorated under ``TRITON_INTERPRET=1`` (they then run on CPU tensors)."""

@@ -1,0 +1,111 @@
+"""Parser, voter and demonstrations of ibpo_fast.rollout.formats."""
+import random
+
+import pytest
+
+from ibpo_fast.rollout.formats import (FORMATS, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
+                                       last_boxed, parse, prompt_text, vote)
+from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, ArithmeticTask, Problem
+
+
+def trial(answer):
+    return f"{O}1+1=2 \\boxed{{{answer}}}{C}"
+
+
+def test_regular_well_formed():
+    p = parse("3+4=7 \\boxed{7}")
+    assert (p.trial_answers, p.num_trials, p.final_answer, p.well_formed) == ([], 0, "7", True)
+
+
+def test_regular_takes_last_balanced_box():
+    assert parse("\\boxed{1} then \\boxed{\\frac{1}{2}}").final_answer == "\\frac{1}{2}"
+    assert parse("\\boxed{5} and cut \\boxed{1").final_answer == "5"
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "\\boxed{", "\\boxed{}", "\\boxed{ }", C, "}{\\boxed"])
+def test_no_answer_is_none(text):
+    p = parse(text)
+    assert p.final_answer is None and not p.well_formed and p.num_trials == 0
+
+
+def test_consensus_at_three_stops():
+    p = parse(trial(5) + trial(4) + trial(5) + trial(5))
+    assert p.num_trials == 4 and p.final_answer == "5" and p.well_formed
+
+
+def test_trials_after_consensus_are_not_well_formed_but_keep_the_vote():
+    p = parse(trial(5) * 3 + trial(6))
+    assert p.final_answer == "5" and not p.well_formed
+
+
+def test_truncated_trial_has_no_answer():
+    p = parse(trial(5) + trial(6) + f"{O}1+1=2 \\boxed{{5}}")
+    assert p.trial_answers == ["5", "6", None] and p.num_trials == 3
+    assert p.final_answer == "5" and not p.well_formed  # tie 5/6 goes to the earlier
+
+
+def test_unbalanced_markers_never_crash():
+    for text in [O, O + O, C + O, O + C + C, f"{O}\\boxed{{1}}{O}\\boxed{{2}}{C}", f"{C}{C}\\boxed{{3}}"]:
+        p = parse(text)
+        assert not p.well_formed
+    assert parse(f"{O}\\boxed{{1}}{O}\\boxed{{2}}{C}").trial_answers == [None, "2"]
+
+
+def test_votes_only_count_the_first_eight_trials():
+    p = parse("".join(trial(i) for i in range(MAX_TRIALS)) + trial(0) * 3)
+    assert p.num_trials == MAX_TRIALS + 3 and p.final_answer == "0" and not p.well_formed
+
+
+def test_vote_rules():
+    assert vote([]) is None and vote([None, None]) is None
+    assert vote(["1", "2", "2", "1"]) == "1"  # tie -> earliest
+    assert vote(["1", "2", "2", "1", "1", "2", "2"]) == "1"  # 1 reaches three first
+    assert vote([None, "3", "4", "4"]) == "4"
+    assert vote(["1 2", "12", "3"]) == "1 2"  # whitespace-insensitive
+
+
+def test_prompt_text():
+    problem = Problem("u", "1+2", "3", 1)
+    assert len({prompt_text(problem, fmt) for fmt in FORMATS}) == 3
+    assert all("1+2" in prompt_text(problem, fmt, verbose=True) for fmt in FORMATS)
+    with pytest.raises(ValueError, match="fmt"):
+        prompt_text(problem, "cot")
+
+
+@pytest.mark.parametrize("level", sorted(ARITHMETIC_LEVELS))
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_demonstrations_round_trip(level, fmt):
+    rng = random.Random(level)
+    for problem in ArithmeticTask(levels=(level,)).problems("train", 40, seed=level):
+        parsed = parse(demonstration(problem, fmt, rng))
+        assert parsed.final_answer == problem.answer and parsed.well_formed
+        voting = fmt == "sv" or (fmt == "asv" and level >= 3)
+        assert (parsed.num_trials >= 3) if voting else (parsed.num_trials == 0)
+
+
+@pytest.mark.parametrize("num_trials", range(1, MAX_TRIALS + 1))
+def test_demonstration_trial_count(num_trials):
+    rng = random.Random(num_trials)
+    for problem in ArithmeticTask(levels=(1, 4)).problems("test", 20, seed=0):
+        parsed = parse(demonstration(problem, "sv", rng, num_trials=num_trials))
+        assert parsed.num_trials == num_trials and parsed.final_answer == problem.answer and parsed.well_formed
+
+
+def test_demonstration_has_real_column_steps():
+    text = demonstration(Problem("u", "47+85", "132", 2), "regular", random.Random(0))
+    assert text == "7+5=12,4+8+1=13 \\boxed{132}"
+
+
+def test_demonstration_generic_problem_and_errors():
+    problem = Problem("u", "What is x if 2x=1?", "\\frac{1}{2}", 0)
+    assert parse(demonstration(problem, "sv", random.Random(0), num_trials=3)).final_answer == "\\frac{1}{2}"
+    with pytest.raises(ValueError, match="problem"):
+        demonstration(problem, "sv", random.Random(0), num_trials=5)
+    with pytest.raises(ValueError, match="num_trials"):
+        demonstration(problem, "regular", random.Random(0), num_trials=2)
+    with pytest.raises(ValueError, match="num_trials"):
+        demonstration(Problem("u", "1+2", "3", 1), "sv", random.Random(0), num_trials=9)
+
+
+def test_last_boxed_nested():
+    assert last_boxed("\\boxed{{a}{b}}") == "{a}{b}" and last_boxed("x") is None

@@ -1,0 +1,86 @@
+"""Tasks and the grader of ibpo_fast.rollout."""
+import json
+import random
+
+import numpy as np
+import pytest
+
+from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN, demonstration
+from ibpo_fast.rollout.grader import Grader
+from ibpo_fast.rollout.tasks import ArithmeticTask, JsonlMathTask, Problem, ReasoningGymTask, math_equal
+
+
+def test_arithmetic_deterministic_and_split():
+    task = ArithmeticTask(levels=(1, 2, 3, 4))
+    a, b = task.problems("train", 50, seed=3), task.problems("train", 50, seed=3)
+    assert a == b and a != task.problems("train", 50, seed=4) and a != task.problems("test", 50, seed=3)
+    assert {p.level for p in a} == {1, 2, 3, 4} and len({p.uid for p in a}) == 50
+    for p in a:
+        assert str(eval(p.text)) == p.answer  # noqa: S307 - digits and '+' only
+        assert task.is_correct(p, f" {p.answer} ") and not task.is_correct(p, None)
+        assert not task.is_correct(p, p.answer + "1")
+
+
+def test_arithmetic_bad_arguments():
+    with pytest.raises(ValueError, match="levels"):
+        ArithmeticTask(levels=(5,))
+    with pytest.raises(ValueError, match="split"):
+        ArithmeticTask().problems("val", 1, 0)
+    with pytest.raises(ValueError, match="n must"):
+        ArithmeticTask().problems("train", -1, 0)
+
+
+def test_jsonl_task(tmp_path):
+    rows = [{"problem": f"p{i}", "answer": "\\frac{1}{2}" if i % 2 else str(i)} for i in range(40)]
+    rows[3]["level"] = 2
+    path = tmp_path / "math.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    task = JsonlMathTask(path, test_fraction=0.25)
+    train, test = task.problems("train", 5, seed=1), task.problems("test", 2, seed=1)
+    assert train == task.problems("train", 5, seed=1) and not {p.text for p in train} & {p.text for p in test}
+    every = task.problems("train", task.size("train"), 0) + task.problems("test", task.size("test"), 0)
+    assert len(every) == 40 and {p.level for p in every} == {0, 2}
+    half = next(p for p in every if p.answer == "\\frac{1}{2}")
+    assert task.is_correct(half, "0.5") and task.is_correct(half, "1/2") and not task.is_correct(half, "2")
+    with pytest.raises(ValueError, match="n="):
+        task.problems("test", 1000, 0)
+    with pytest.raises(ValueError, match="path"):
+        JsonlMathTask(tmp_path / "missing.jsonl")
+
+
+def test_math_equal_survives_garbage():
+    assert math_equal("3", "3") and not math_equal("3", "\\frac{{}}}")
+
+
+def test_reasoning_gym_task():
+    pytest.importorskip("reasoning_gym", reason="reasoning-gym not installed: ReasoningGymTask untested")
+    task = ReasoningGymTask("basic_arithmetic")
+    problems = task.problems("train", 4, seed=0)
+    assert problems == task.problems("train", 4, seed=0) and problems != task.problems("test", 4, seed=0)
+    assert all(task.is_correct(p, p.answer) and not task.is_correct(p, None) for p in problems)
+
+
+def test_grader_scores_demonstrations():
+    task = ArithmeticTask(levels=(1, 2, 3, 4))
+    problems = task.problems("train", 30, seed=0)
+    rng = random.Random(0)
+    texts = [demonstration(p, "asv", rng) for p in problems]
+    texts[0] = "\\boxed{-1}"
+    scores = Grader(task).score(problems, texts)
+    assert scores.reward.dtype == np.float32 and scores.num_trials.dtype == np.int64
+    assert scores.reward.tolist() == [0.0] + [1.0] * 29 and scores.well_formed.all() and len(scores) == 30
+    with pytest.raises(ValueError, match="response_texts"):
+        Grader(task).score(problems, texts[:-1])
+
+
+@pytest.mark.parametrize("task", [ArithmeticTask(), "jsonl"])
+def test_grader_never_raises_on_garbage(task, tmp_path):
+    if task == "jsonl":
+        (tmp_path / "m.jsonl").write_text(json.dumps({"problem": "x", "answer": "\\sqrt{2}"}))
+        task = JsonlMathTask(tmp_path / "m.jsonl", test_fraction=0.0)
+    rng = random.Random(0)
+    alphabet = list("0123456789+-=.,{}\\^_ ab\n") + ["\\boxed{", TRIAL_OPEN, TRIAL_CLOSE, "\\frac", "\\sqrt{"]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    problems = [Problem("u", "x", "\\sqrt{2}" if isinstance(task, JsonlMathTask) else "12", 0)] * len(texts)
+    scores = Grader(task).score(problems, texts)
+    assert set(scores.reward.tolist()) <= {0.0, 1.0} and (scores.num_trials >= 0).all()
