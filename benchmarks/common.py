@@ -114,6 +114,25 @@ def write_results(out_dir, suite: str, rows: list[dict], *, columns: list[str]) 
     return path
 
 
+def save_partial(out_dir, suite: str, rows: list[dict]) -> Path:
+    """``out_dir/<suite>.partial.json`` with the rows so far: what a run cut short (a time limit) leaves behind."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{suite}.partial.json"
+    path.write_text(json.dumps({"suite": suite, "environment": environment(), "rows": rows}, indent=2))
+    return path
+
+
+def plots_available() -> bool:
+    """Whether matplotlib is importable; suites skip their PNGs (saying so) where it is not."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: plots skipped")
+        return False
+    return True
+
+
 def plot_lines(path, x, series: dict, *, xlabel: str, ylabel: str, title: str = "", logx=False, logy=False):
     """One PNG with a line per series (matplotlib imported here: it is only a benchmark dependency)."""
     import matplotlib

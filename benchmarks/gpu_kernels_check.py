@@ -38,14 +38,16 @@ def check(triton_backend, T, H, V, dtype, inv_temp, slice_rows):
     reference = TorchBackend()
     logp, lse = triton_backend.forward(hidden, weight, targets, inv_temp)
     d_hidden, _ = triton_backend.backward(hidden, weight, targets, lse, grad, inv_temp)
-    errors = {}
+    errors, deterministic = {}, True
     for name, rows in (("head", slice(0, slice_rows)), ("tail", slice(T - slice_rows, T))):
         h, t, g = hidden[rows], targets[rows], grad[rows]
         ref_logp, ref_lse = reference.forward(h, weight, t, inv_temp)
         ref_dh, ref_dw = reference.backward(h, weight, t, ref_lse, g, inv_temp)
         # d_hidden of a row depends on that row only: the full-batch result is compared on the slice;
         # d_weight sums over all rows: the triton backward is rerun on the slice alone
-        _, slice_dw = triton_backend.backward(h, weight, t, lse[rows], g, inv_temp)
+        slice_dh, slice_dw = triton_backend.backward(h, weight, t, lse[rows], g, inv_temp)
+        again = triton_backend.backward(h, weight, t, lse[rows], g, inv_temp)  # a race would show here
+        deterministic &= torch.equal(again[0], slice_dh) and torch.equal(again[1], slice_dw)
         errors[f"logp[{name}]"] = rel(logp[rows], ref_logp)
         errors[f"lse[{name}]"] = rel(lse[rows], ref_lse)
         errors[f"d_hidden[{name}]"] = rel(d_hidden[rows], ref_dh)
@@ -57,6 +59,7 @@ def check(triton_backend, T, H, V, dtype, inv_temp, slice_rows):
     print(f"\n## {dtype} T={T} H={H} V={V} inv_temp={inv_temp:g}: max relative error, triton vs reference")
     for key, value in errors.items():
         print(f"  {key:24s} {value:.3e}")
+    print(f"  backward bitwise reproducible: {deterministic}")
     return hidden, weight, targets, grad
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import median_time, peak_memory, plot_lines, write_results
+from benchmarks.common import median_time, peak_memory, plot_lines, plots_available, save_partial, write_results
 from ibpo_fast import ops
 from ibpo_fast.ops._backends import _native_available
 
@@ -67,11 +67,11 @@ def make_batch(T, H, V, dtype, device, seed=0) -> Batch:
     seq_weights[0] = 1.0
     counted = torch.bincount(sequence[targets != -100], minlength=len(lengths)).float()
     coef = -seq_weights / (seq_weights * counted).sum()
-    hidden = torch.randn(T, H, generator=gen)
-    weight = torch.randn(V, H, generator=gen) * (2 / H**0.5)  # logits of order 2: a peaked softmax
+    on_device = torch.Generator(device=device).manual_seed(seed)  # GBs of floats at Llama sizes: draw them there
+    hidden = torch.randn(T, H, device=device, generator=on_device).to(dtype)
+    weight = (torch.randn(V, H, device=device, generator=on_device) * (2 / H**0.5)).to(dtype)  # logits ~ 2: peaked
     put = lambda x, dt=None: x.to(device=device, dtype=dt or x.dtype)  # noqa: E731
-    return Batch(put(hidden, dtype), put(weight, dtype), put(targets), put(cu, torch.int32), put(sequence),
-                 put(seq_weights), put(coef))
+    return Batch(hidden, weight, put(targets), put(cu, torch.int32), put(sequence), put(seq_weights), put(coef))
 
 
 def naive_loss(hidden, weight, targets, sequence, coef):
@@ -129,7 +129,7 @@ def _call(loss_fn, batch, mode):
 
 def _floor_fn(batch, mode):
     h, W = batch.hidden.detach(), batch.weight.detach()
-    G = torch.randn(h.shape[0], W.shape[0], device=h.device).to(h.dtype)  # [T, V] stand-in for d logits
+    G = torch.randn(h.shape[0], W.shape[0], device=h.device, dtype=h.dtype)  # [T, V] stand-in for d logits
 
     def fn():
         out = h @ W.T
@@ -141,15 +141,15 @@ def _floor_fn(batch, mode):
 
 
 def _free(device):
-    gc.collect()
-    if device.startswith("cuda"):
+    if device.startswith("cuda"):  # return cached blocks so the next method's peak starts clean (CPU: refcounts do it)
+        gc.collect()
         torch.cuda.empty_cache()
 
 
 def measure(batch, name, kind, loss_fn, mode, args, reference):
     row = {"method": name}
     try:
-        value = float(_call(loss_fn, batch, mode))  # the warm-up (and compiling) call, and the value check
+        value = _call(loss_fn, batch, mode).item()  # the warm-up (and compiling) call, and the value check
         ref = reference[kind]
         row["rel_err"] = abs(value - ref) / max(abs(ref), 1e-30)
         row["peak_mib"] = peak_memory(lambda: _call(loss_fn, batch, mode), device=args.device) / 2**20
@@ -202,6 +202,8 @@ def run_shape(T, H, V, dtype, args):
 
 
 def plot(out_dir, rows):
+    if not plots_available():
+        return []
     paths = []
     for dtype in sorted({r["dtype"] for r in rows}):
         for mode in ("fwd", "fwd+bwd"):
@@ -219,13 +221,34 @@ def plot(out_dir, rows):
     return paths
 
 
+def summarize(rows, device):
+    """The goals (DESIGN, issue 6) against the bf16 fwd+bwd rows of the fused op as "auto" picks it."""
+    ours = "wsl[triton]" if device == "cuda" else ("wsl[native]" if _native_available() else "wsl[torch]")
+    lines = [f"goals ({ours}, bf16 fwd+bwd; set on GPU, printed on any device):"]
+    for T, H, V in sorted({(r["T"], r["H"], r["V"]) for r in rows if r["dtype"] == "bfloat16"}):
+        sel = {r["method"]: r for r in rows if (r["T"], r["H"], r["V"], r["dtype"], r["mode"]) ==
+               (T, H, V, "bfloat16", "fwd+bwd")}
+        mine = sel.get(ours, {})
+        if "ms" not in mine:
+            lines.append(f"  {T}x{H}x{V}: {ours} {mine.get('status', 'not run')}")
+            continue
+        verdict = lambda ok: "yes" if ok else "NO"  # noqa: E731
+        peers = ", ".join(f"{p} {verdict(mine['ms'] < sel[p]['ms'])} ({sel[p]['ms'] / mine['ms']:.2f}x)"
+                          if "ms" in sel.get(p, {}) else f"{p} not run" for p in ("liger", "cce", "torch_lce"))
+        lines.append(f"  {T}x{H}x{V}: time/floor {mine['vs_floor']:.2f} (<= 1.15: {verdict(mine['vs_floor'] <= 1.15)}); "
+                     f"workspace/bf16 logits {mine['ws_vs_logits']:.3f} (< 0.05: {verdict(mine['ws_vs_logits'] < 0.05)});"
+                     f" faster than: {peers}")
+    print("\n".join(lines))
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench_out", help="folder for kernels.json, kernels.md, kernels_*.png")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--quick", action="store_true", help="one tiny shape, one repeat, no torch.compile on CPU")
+    parser.add_argument("--quick", action="store_true", help="one tiny shape, f32, one repeat, no torch.compile on CPU")
     parser.add_argument("--shapes", nargs="+", help="TxHxV each (default: per device)")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", default=None, help="default float32 bfloat16 (--quick: float32)")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (CPU), 5 (CUDA), 1 (--quick)")
     parser.add_argument("--skip", nargs="*", default=[], help="method names to leave out")
     args = parser.parse_args(argv)
@@ -233,6 +256,7 @@ def main(argv=None):
         raise SystemExit("kernels: --device cuda but no CUDA device here")
     if args.repeats is None:
         args.repeats = 1 if args.quick else (5 if args.device == "cuda" else 3)
+    args.dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "bfloat16"])
     rows = []
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
@@ -240,8 +264,11 @@ def main(argv=None):
                                  else CUDA_SHAPES if dtype == torch.bfloat16 else CUDA_F32_SHAPES)
         for shape in shapes:
             rows += run_shape(*map(int, shape.split("x")), dtype, args)
+            save_partial(args.out, "kernels", rows)
     path = write_results(args.out, "kernels", rows, columns=COLUMNS)
+    summarize(rows, args.device)
     plot(args.out, rows)
+    (Path(args.out) / "kernels.partial.json").unlink(missing_ok=True)
     return path
 
 

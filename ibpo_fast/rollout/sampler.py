@@ -74,7 +74,9 @@ class HFSampler:
         jobs = [p for p in range(len(prompt_ids)) for _ in range(n)]
         starts = range(0, len(jobs), self.batch_size)
         rollouts: list[Rollout] = []
-        with torch.random.fork_rng(devices=[]):
+        # Sampling draws from the RNG of the model's device; fork it so the caller's stream is untouched.
+        cuda_devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda_devices):
             for batch_index, start in enumerate(tqdm(starts, desc="generate", disable=not self.progress)):
                 torch.manual_seed(seed * 1_000_003 + batch_index)
                 batch = jobs[start: start + self.batch_size]

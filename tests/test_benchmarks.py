@@ -1,0 +1,63 @@
+"""Smoke test of the benchmark suites: each runs at a tiny size and writes its JSON, table and plots.
+
+Correctness of the plumbing only, never timing. ``benchmarks/`` is not part of the installed package, so the
+repository root is appended to sys.path (after site-packages: the installed ibpo_fast still wins).
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from benchmarks.__main__ import main  # noqa: E402
+
+
+def run_quick(suite, out_dir):
+    main([suite, "--quick", "--device", "cpu", "--out", str(out_dir)])
+    data = json.loads((out_dir / f"{suite}.json").read_text())
+    assert data["suite"] == suite and data["rows"], data
+    assert {"command", "machine", "torch"} <= set(data["environment"])
+    assert (out_dir / f"{suite}.md").is_file() and list(out_dir.glob("*.png"))
+    return data["rows"]
+
+
+def test_kernels_quick(tmp_path):
+    rows = run_quick("kernels", tmp_path)
+    by_key = {(r["mode"], r["method"]): r for r in rows}
+    for mode in ("fwd", "fwd+bwd"):
+        for method in ("matmul_floor", "naive", "wsl[torch]", "slp[torch]", "torch_lce"):
+            assert by_key[(mode, method)]["status"] == "ok", by_key[(mode, method)]
+        for method in ("naive", "wsl[torch]", "slp[torch]", "torch_lce"):
+            row = by_key[(mode, method)]
+            assert row["rel_err"] < 1e-4 and row["ms"] > 0 and row["tflops"] > 0, row
+    assert all(r["status"] for r in rows)  # peers that cannot run here say why
+
+
+def test_train_quick(tmp_path):
+    rows = run_quick("train", tmp_path)
+    assert {r["loss"] for r in rows} == {"fused", "full", "ratio fused/full"}
+    for row in rows:
+        if row["loss"] != "ratio fused/full":
+            assert row["tokens"] > 0 and row["selected"] > 0, row
+            assert all(row[f"{p}_ms"] >= 0 for p in ("generate", "grade", "group", "ilp", "pack", "fwd_bwd",
+                                                     "optimizer")), row
+            assert row["update_tok_s"] > 0 and row["step_tok_s"] > 0
+
+
+@pytest.mark.parametrize("suite", ["grouper", "ilp"])
+def test_cpu_suites_quick(suite, tmp_path):
+    run_quick(suite, tmp_path)
+
+
+def test_cpu_suite_refuses_cuda(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["ilp", "--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_gpu_check_script_parses():
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
