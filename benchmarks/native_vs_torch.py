@@ -149,12 +149,12 @@ def bench_shape(T, H, V, repeats):
     return rows
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=SHAPES, help="TxHxV")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench_out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     for shape in args.shapes:
         rows += bench_shape(*map(int, shape.split("x")), args.repeats)

@@ -1,6 +1,6 @@
 """One IBPO training step per budget q, phase by phase: the fused loss against the model's full-logits loss.
 
-    python -m benchmarks train --out bench_out                 # CPU, ~3 min on 2 cores
+    python -m benchmarks train --out bench_out                 # CPU
     python -m benchmarks train --device cuda --out bench_out   # a larger batch on a GPU
 
 Model: a random Llama with the tiny preset's body (``models.tiny_model``: hidden 128, 4 layers) and a
@@ -20,9 +20,10 @@ pieces (ibpo_fast/train is not used: it did not exist when this was written):
   then ``loss.backward()``. optimizer: AdamW ``step`` + ``zero_grad``. Packed rows with restarting position_ids
   and ``use_cache=False`` (exact on CPU per DESIGN §2).
 
-Median over ``--repeats`` after one warm-up step; the rollout phases run once per repeat and serve both loss
-variants (they do not depend on the loss). `update_tok_s` = T / (fwd+bwd + optimizer); `step_tok_s` = T / the
-whole step; `samples_s` = P·n / the whole step. `peak_mib`: peak memory of the update (fwd+bwd + optimizer)
+Median over ``--repeats`` after one warm-up step. In each repeat the phases that depend on neither q nor the loss
+(generate, grade, group) run once and their times serve every row; then, for each q in turn, ilp, pack and the
+two updates (interleaved, so a slow spell of a shared machine hits all rows alike). `update_tok_s` =
+T / (fwd+bwd + optimizer); `step_tok_s` = T / the whole step; `samples_s` = P·n / the whole step. `peak_mib`: peak memory of the update (fwd+bwd + optimizer)
 above what was held before it. Rows `ratio` give fused / full for the throughputs and full / fused for time.
 """
 from __future__ import annotations
@@ -117,8 +118,8 @@ class Step:
         self.pairs = [(self.prompt_ids[p], self.tokenizer(t, add_special_tokens=False).input_ids + [eos])
                       for t, p in zip(self.texts, self.owners)]
 
-    def rollout(self, q, timer):
-        """The phases before the update -> the packed batch of the selected responses."""
+    def rollout(self, timer):
+        """The phases that do not depend on q -> (rewards [P·n], groups [P·n])."""
         timer("generate", lambda: self.sampler.generate(self.prompt_ids, self.args.n, seed=0))
         scores = timer("grade", lambda: Grader(self.task).score([self.problems[p] for p in self.owners], self.texts))
 
@@ -127,11 +128,14 @@ class Step:
             return grouping.assign(everything.input_ids.numpy(), everything.cu_seqlens.numpy(),
                                    everything.loss_mask.numpy(), trial_marker=self.marker)
 
-        groups = timer("group", group)
-        selection = timer("ilp", lambda: budget.solve(scores.reward, groups, self.owners, q, max_per_prompt=1))
+        return scores.reward, timer("group", group)
+
+    def select(self, q, rewards, groups, timer):
+        """The ILP at budget q and the packed update batch of the selected responses -> (batch, # extended)."""
+        selection = timer("ilp", lambda: budget.solve(rewards, groups, self.owners, q, max_per_prompt=1))
         chosen = selection.weights.nonzero()[0]
-        batch = timer("pack", lambda: pack([self.pairs[i] for i in chosen], prompt_index=[self.owners[i] for i in chosen],
-                                           group=groups[chosen], reward=scores.reward[chosen], device=self.device))
+        batch = timer("pack", lambda: pack([self.pairs[i] for i in chosen], prompt_index=self.owners[chosen],
+                                           group=groups[chosen], reward=rewards[chosen], device=self.device))
         return batch, int((groups[chosen] > 0).sum())
 
     def update(self, loss_name, batch, timer):
@@ -140,30 +144,44 @@ class Step:
         timer("optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
 
 
-def measure_budget(step, q, args):
-    samples = {name: [] for name in LOSSES}
-    peaks = {}
+def measure(step, args):
+    """Per repeat: the q-independent phases once, then for each q the ILP, pack and both updates (interleaved,
+    so a slow spell of the machine hits every budget and both losses alike)."""
+    samples = {(q, name): [] for q in args.budgets for name in LOSSES}
+    batches, peaks = {}, {}
     for repeat in range(args.repeats):
-        rollout_timer = Timer(args.device)
-        batch, extended = step.rollout(q, rollout_timer)
-        for name in LOSSES:
-            timer = Timer(args.device)
-            if repeat == 0:
-                peaks[name] = peak_memory(lambda: step.update(name, batch, timer), device=args.device)
-            else:
-                step.update(name, batch, timer)
-            samples[name].append({**rollout_timer.ms, **timer.ms})
+        shared = Timer(args.device)
+        rewards, groups = step.rollout(shared)
+        for q in args.budgets:
+            selecting = Timer(args.device)
+            batches[q] = step.select(q, rewards, groups, selecting)
+            for name in LOSSES:
+                timer = Timer(args.device)
+                if repeat == 0:
+                    peaks[q, name] = peak_memory(lambda: step.update(name, batches[q][0], timer), device=args.device)
+                else:
+                    step.update(name, batches[q][0], timer)
+                samples[q, name].append({**shared.ms, **selecting.ms, **timer.ms})
+        rows = [row for q in args.budgets for row in budget_rows(q, *batches[q], samples, peaks, args)]
+        save_partial(args.out, "train", rows)  # medians of the repeats so far, in case a time limit cuts the run
+        print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
+    (Path(args.out) / "train.partial.json").unlink()
+    return rows
+
+
+def budget_rows(q, batch, extended, samples, peaks, args):
     rows = []
     for name in LOSSES:
+        runs = samples[q, name]
         row = {"q": q, "loss": name, "tokens": batch.num_tokens, "selected": batch.num_sequences, "extended": extended}
         for phase in ROLLOUT_PHASES + UPDATE_PHASES:
-            row[f"{phase}_ms"] = statistics.median(s[phase] for s in samples[name])
-        row["step_ms"] = statistics.median(sum(s.values()) for s in samples[name])
-        update_s = statistics.median(s["fwd_bwd"] + s["optimizer"] for s in samples[name]) / 1e3
+            row[f"{phase}_ms"] = statistics.median(s[phase] for s in runs)
+        row["step_ms"] = statistics.median(sum(s.values()) for s in runs)
+        update_s = statistics.median(s["fwd_bwd"] + s["optimizer"] for s in runs) / 1e3
         row["update_tok_s"] = batch.num_tokens / update_s
         row["step_tok_s"] = batch.num_tokens / (row["step_ms"] / 1e3)
         row["samples_s"] = args.prompts * args.n / (row["step_ms"] / 1e3)
-        row["peak_mib"] = peaks[name] / 2**20
+        row["peak_mib"] = peaks[q, name] / 2**20
         rows.append(row)
     fused, full = rows
     ratio = {"q": q, "loss": "ratio fused/full", "tokens": batch.num_tokens}
@@ -171,8 +189,6 @@ def measure_budget(step, q, args):
         ratio[key] = fused[key] / full[key]
     for key in ("fwd_bwd_ms", "step_ms", "peak_mib"):
         ratio[key] = full[key] / fused[key] if fused[key] else None  # > 1: the fused loss is better
-    print(f"  q={q}: T={batch.num_tokens} update tokens/s fused/full = {ratio['update_tok_s']:.2f}x, "
-          f"whole step {ratio['step_tok_s']:.2f}x", flush=True)
     return [fused, full, ratio]
 
 
@@ -199,19 +215,15 @@ def main(argv=None):
     if quick:
         args.n, args.max_new_tokens = min(args.n, 4), min(args.max_new_tokens, 4)
     step = Step(args)
-    batch, _ = step.rollout(args.budgets[0], Timer(args.device))  # warm-up: first calls, numba, allocator
+    rewards, groups = step.rollout(Timer(args.device))  # warm-up: first calls, numba, allocator, optimizer state
     for name in LOSSES:
-        step.update(name, batch, Timer(args.device))
-    rows = []
-    for q in args.budgets:
-        rows += measure_budget(step, q, args)
-        save_partial(args.out, "train", rows)
+        step.update(name, step.select(args.budgets[-1], rewards, groups, Timer(args.device))[0], Timer(args.device))
+    rows = measure(step, args)
     path = write_results(args.out, "train", rows, columns=COLUMNS)
     for ratio in (r for r in rows if r["loss"].startswith("ratio")):
         print(f"goal (CPU): update tokens/s fused/full >= 1.5 at q={ratio['q']}: {ratio['update_tok_s']:.2f}x "
               f"({'yes' if ratio['update_tok_s'] >= 1.5 else 'NO'}); whole step {ratio['step_tok_s']:.2f}x")
     plot(args.out, rows)
-    (Path(args.out) / "train.partial.json").unlink(missing_ok=True)
     return path
 
 
@@ -225,8 +237,9 @@ def plot(out_dir, rows):
                 for key in ("update_tok_s", "step_tok_s")},
                xlabel="budget q", ylabel="tokens / s", title="train step: fused vs full-logits loss")
     plot_lines(Path(out_dir) / "train_phases.png", qs,
-               {f"{name} {phase}": [r[f"{phase}_ms"] for r in by_loss[name]] for name in LOSSES
-                for phase in ROLLOUT_PHASES + UPDATE_PHASES if name == "fused" or phase in UPDATE_PHASES},
+               {**{phase: [r[f"{phase}_ms"] for r in by_loss["fused"]] for phase in ROLLOUT_PHASES},
+                **{f"{name} {phase}": [r[f"{phase}_ms"] for r in by_loss[name]] for name in LOSSES
+                   for phase in UPDATE_PHASES}},
                xlabel="budget q", ylabel="ms (median)", title="train step phases", logy=True)
 
 

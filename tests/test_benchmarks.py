@@ -61,3 +61,12 @@ def test_cpu_suite_refuses_cuda(tmp_path):
 
 def test_gpu_check_script_parses():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+
+
+def test_kernels_triton_rows_under_the_interpreter(tmp_path):
+    # conftest.py sets TRITON_INTERPRET=1: the rows the GPU run produces for the triton backend, on the CPU
+    main(["kernels", "--quick", "--backends", "triton", "--methods", "naive", "wsl[triton]", "slp[triton]",
+          "--shapes", "40x32x300", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "kernels.json").read_text())["rows"]
+    ours = [r for r in rows if r["method"].endswith("[triton]")]
+    assert len(ours) == 4 and all(r["status"] == "ok" and r["rel_err"] < 1e-4 for r in ours), ours

@@ -1,0 +1,191 @@
+"""Trainer configuration: one typed dataclass per command, YAML presets, ``--key=value`` overrides.
+
+    cfg = load_config(TrainConfig, preset="tiny", overrides=["--steps=3", "--q", "0.25"])
+
+A preset is a name under ``configs/`` (``tiny``, ``smollm2``, ``llama8b``) or a path to a YAML file; its
+keys are the field names below. Overrides come last and win; values are parsed as YAML scalars
+(``--levels=[1,2,3]``, ``--max_per_prompt=null``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+MODES = ("ibpo", "sft", "rft")
+SFT_FORMATS = ("sv", "asv")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    mode: str = "ibpo"
+    """"ibpo": budget-constrained selection with budget q; "rft": the same with no budget (q = 1);
+    "sft": the SV-SFT / ASV-SFT baselines on generated demonstrations (see `sft_format`)."""
+    model: str = "tiny"
+    """"tiny" (random char-level Llama, trained from scratch), "smollm2", or a local model directory."""
+    dtype: str = "float32"
+    """Parameter dtype: "float32" or "bfloat16"."""
+    device: str = "auto"
+    """"auto" (cuda when available, else cpu), "cpu" or "cuda"."""
+    seed: int = 0
+    """Seeds the model init, the data order and every sampling call."""
+    task: str = "arithmetic"
+    """"arithmetic", "jsonl:PATH" (problem/answer[/level] lines) or "reasoning_gym:NAME"."""
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """Difficulty levels of the arithmetic task."""
+    verbose_prompts: bool = False
+    """Spell out the response format in the prompt (pretrained instruction models) instead of a short tag."""
+    steps: int = 40
+    """Optimisation steps of the main phase (IBPO / RFT / SFT), after the warm-up."""
+    warmup_steps: int = 0
+    """SFT steps on demonstrations before the main phase (the tiny model needs them to learn the formats)."""
+    warmup_batch: int = 64
+    """Demonstrations per warm-up step (global, split across ranks)."""
+    prompts_per_step: int = 16
+    """P: prompts per step, global; every rank takes P / world_size of them."""
+    samples_per_prompt: int = 8
+    """n: responses drawn per prompt."""
+    max_new_tokens: int = 256
+    """Generation length cap; a response that hits it is truncated and gets reward 0."""
+    temperature: float = 1.0
+    """Sampling temperature (the trainer's log-prob health metric uses the same one)."""
+    generate_batch: int = 128
+    """Rows per `model.generate` call."""
+    generate_prompts: int = 0
+    """Prompts per sampling call (0: all of a rank's prompts). Each call is seeded by (seed, step, first
+    global prompt), so runs whose calls cover the same prompts draw the same responses whatever the
+    number of ranks; 1 makes a 2-process run sample exactly what a 1-process run samples."""
+    q: float = 0.5
+    """Budget: the share of extended responses allowed, of m · P (DESIGN.md §1). Ignored in rft / sft."""
+    utility: str = "reward"
+    """Utility handed to the ILP: "reward" or the paper's "margin"."""
+    max_per_prompt: int | None = 1
+    """m: at most m selected responses per prompt (null: no per-prompt rows)."""
+    accumulate_steps: int = 1
+    """Steps of scored samples the budget constraint is estimated over (`budget.SampleBuffer`)."""
+    ilp_method: str = "auto"
+    """`budget.solve` method: "auto", "exact" or "highs"."""
+    extended_trials: int = 2
+    """A response with at least this many [TRIAL] blocks is extended (group 1)."""
+    sft_format: str = "asv"
+    """mode=sft: "sv" (vote on every problem) or "asv" (vote from level 3 up, else answer once)."""
+    sft_batch: int = 64
+    """mode=sft: demonstrations per step (global)."""
+    lr: float = 1e-3
+    """AdamW learning rate (constant)."""
+    warmup_lr: float = 3e-3
+    """Learning rate of the warm-up SFT phase."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    max_row_tokens: int = 2048
+    """sdpa path: packed sequences are laid out in rows of at most this many tokens (whole sequences
+    only, a block-diagonal mask per row), so attention costs O(T · row) instead of O(T²)."""
+    out: str = "runs/tiny"
+    """Output folder: metrics.jsonl, warmup.jsonl, checkpoints, final model."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every k steps (0: only at the end and on Ctrl-C)."""
+    resume: bool = False
+    """Continue from `out`/checkpoint.pt when it exists."""
+    stop_after: int = 0
+    """Stop (with a checkpoint) after this many steps in total (0: run to the end); for resume tests."""
+    progress: bool = True
+    """tqdm progress bars (rank 0)."""
+    tensorboard: bool = True
+    """Also log to tensorboard under `out`/tb when tensorboard is installed."""
+
+    def __post_init__(self):
+        checks = [
+            (self.mode in MODES, "mode", f"one of {MODES}"),
+            (self.dtype in ("float32", "bfloat16"), "dtype", '"float32" or "bfloat16"'),
+            (self.device in ("auto", "cpu", "cuda"), "device", '"auto", "cpu" or "cuda"'),
+            (self.steps >= 0 and self.warmup_steps >= 0, "steps", ">= 0 (and warmup_steps too)"),
+            (self.prompts_per_step >= 1 and self.samples_per_prompt >= 1, "prompts_per_step", ">= 1 (and n too)"),
+            (self.warmup_batch >= 1 and self.sft_batch >= 1, "warmup_batch", ">= 1 (and sft_batch too)"),
+            (self.max_new_tokens >= 1 and self.temperature > 0, "max_new_tokens", ">= 1 with temperature > 0"),
+            (self.generate_batch >= 1 and self.generate_prompts >= 0, "generate_batch", ">= 1, generate_prompts >= 0"),
+            (0.0 <= self.q <= 1.0, "q", "in [0, 1]"),
+            (self.utility in ("reward", "margin"), "utility", '"reward" or "margin"'),
+            (self.max_per_prompt is None or self.max_per_prompt >= 1, "max_per_prompt", ">= 1 or null"),
+            (self.accumulate_steps >= 1 and self.extended_trials >= 1, "accumulate_steps", ">= 1 (and extended_trials)"),
+            (self.ilp_method in ("auto", "exact", "highs"), "ilp_method", '"auto", "exact" or "highs"'),
+            (self.sft_format in SFT_FORMATS, "sft_format", f"one of {SFT_FORMATS}"),
+            (self.lr > 0 and self.warmup_lr > 0, "lr", "> 0 (and warmup_lr too)"),
+            (self.max_row_tokens >= 1 and self.checkpoint_every >= 0, "max_row_tokens", ">= 1, checkpoint_every >= 0"),
+            (self.stop_after >= 0, "stop_after", ">= 0"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}; got {getattr(self, name)!r}")
+
+    @property
+    def budget(self) -> float:
+        """The q handed to the ILP: rft has no budget."""
+        return 1.0 if self.mode == "rft" else self.q
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    checkpoint: str = "runs/tiny"
+    """A run folder (its model.pt) or a checkpoint file."""
+    problems_per_level: int = 64
+    """Test problems per difficulty level."""
+    samples_per_problem: int = 1
+    """Responses drawn per problem."""
+    max_new_tokens: int = 0
+    """0: the run's own cap."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    seed: int = 1234
+    """Test problem and sampling seed."""
+    out: str = ""
+    """JSON file for the result ("": `checkpoint`/eval.json)."""
+    device: str = "auto"
+    """"auto", "cpu" or "cuda"."""
+
+    def __post_init__(self):
+        if self.problems_per_level < 1 or self.samples_per_problem < 1:
+            raise ValueError("problems_per_level and samples_per_problem must be >= 1")
+        if self.max_new_tokens < 0 or not self.temperature > 0:
+            raise ValueError("max_new_tokens must be >= 0 and temperature > 0")
+
+
+def _preset_values(preset: str | None) -> dict:
+    if not preset:
+        return {}
+    path = Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise ValueError(f"preset: no file {str(path)!r} (presets: {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """["--a=1", "--b", "x"] -> {"a": 1, "b": "x"}; values are YAML scalars."""
+    values, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"override {arg!r}: expected --key=value or --key value")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(args):
+                raise ValueError(f"override --{key}: missing value")
+            i, value = i + 1, args[i + 1]
+        values[key.replace("-", "_")] = yaml.safe_load(value)
+        i += 1
+    return values
+
+
+def load_config(cls, *, preset: str | None = None, overrides: list[str] | dict | None = None):
+    """An instance of the dataclass `cls` from a preset and overrides; unknown keys raise ValueError."""
+    values = _preset_values(preset)
+    values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
+    return cls(**values)

@@ -1,0 +1,131 @@
+"""The IBPO training loop (DESIGN.md §5). Deviations from the paper, and how to run it:
+
+    ibpo-fast train --preset tiny --steps 3 --out runs/tiny          # or: python -m ibpo_fast.train ...
+    torchrun --nproc_per_node=2 -m ibpo_fast.train --preset tiny    # FSDP2, prompts sharded over ranks
+
+* The tiny preset first runs `warmup_steps` of SFT on demonstrations (regular under the "solve" tag,
+  voting under "vote", and either one at random under "auto"), so the random model learns the formats
+  and starts IBPO undecided between them; IBPO then samples with the "auto" (ASV) prompt, and the
+  budget shapes the model's own choice of format.
+* The update is the paper's weighted SFT on the ILP's selection with Z = selected response tokens; the
+  learning rate is constant (no schedule).
+* `mode=rft` is the same loop with q = 1; `mode=sft` trains on demonstrations (SV-SFT / ASV-SFT).
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ibpo_fast.train import checkpoint, distributed, step as phases
+from ibpo_fast.train.components import Run, build
+from ibpo_fast.train.config import TrainConfig
+from ibpo_fast.train.metrics import PhaseTimer, rollout_record
+
+WARMUP_FORMATS = (("regular", "regular"), ("sv", "sv"), ("asv", "regular"), ("asv", "sv"))
+
+
+def train(cfg: TrainConfig) -> Run:
+    run = build(cfg)
+    stop = _StopOnSigint()
+    total = cfg.warmup_steps + cfg.steps
+    end = min(total, cfg.stop_after) if cfg.stop_after else total
+    bar = tqdm(range(run.start_step, end), desc="train", disable=not (cfg.progress and run.world.is_main))
+    for step in bar:
+        if step < cfg.warmup_steps:
+            record = sft_step(run, step, formats=WARMUP_FORMATS, batch=cfg.warmup_batch, lr=cfg.warmup_lr)
+            run.warmup_metrics.log(record)
+        else:
+            record = (sft_step(run, step, formats=(("asv", cfg.sft_format),), batch=cfg.sft_batch, lr=cfg.lr)
+                      if cfg.mode == "sft" else rl_step(run, step))
+            run.metrics.log({**record, "step": step - cfg.warmup_steps})
+        bar.set_postfix(loss=f"{record['loss']:.3f}", reward=f"{record.get('reward_mean', 1.0):.2f}")
+        interrupted = distributed.any_rank(run.world, stop.requested)
+        if interrupted or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+            checkpoint.save(run.out, policy=run.policy, optimizer=run.optimizer, buffer=run.buffer,
+                            step=step + 1, cfg=cfg, world=run.world)
+        if interrupted:
+            break
+    else:
+        checkpoint.save(run.out, policy=run.policy, optimizer=run.optimizer, buffer=run.buffer, step=end,
+                        cfg=cfg, world=run.world)
+        if end == total:
+            checkpoint.save_model(run.out, policy=run.policy, cfg=cfg, world=run.world)
+    stop.restore()
+    run.metrics.close(), run.warmup_metrics.close()
+    distributed.shutdown(run.world)
+    return run
+
+
+def rl_step(run: Run, step: int) -> dict:
+    """IBPO (or RFT): sample → grade → group → ILP → weighted update."""
+    cfg, world, timer = run.cfg, run.world, PhaseTimer(run.world.device)
+    problems, first = phases.shard(run.task.problems("train", cfg.prompts_per_step, seed=_data_seed(cfg, step)), world)
+    with timer("generate"):
+        run.replica.refresh()
+        rollouts = phases.generate(run.sampler, run.tokenizer, problems, first, cfg, step, cfg.verbose_prompts)
+    with timer("grade"):
+        samples = phases.grade(run.task, problems, rollouts, first)
+    with timer("group"):
+        phases.assign_groups(samples, run.marker, cfg.extended_trials)
+    with timer("ilp"):
+        every, selection = phases.select(world, samples, run.buffer, cfg)
+    figures = _update(run, samples, every["weight"], every["tokens"], cfg.lr, timer)
+    record = {"q": cfg.budget, "mode": cfg.mode, **figures, **rollout_record(every, selection, cfg)}
+    return {**record, "tokens_per_s": float(every["tokens"].sum()) / sum(timer.seconds.values()),
+            **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
+
+
+def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
+    """Warm-up / SV-SFT / ASV-SFT: one demonstration per problem, every one learned (weight 1)."""
+    cfg, world, timer = run.cfg, run.world, PhaseTimer(run.world.device)
+    problems, first = phases.shard(run.task.problems("train", batch, seed=_data_seed(cfg, step)), world)
+    samples = phases.demonstrations(run.tokenizer, problems, first, seed=cfg.seed, step=step, formats=formats,
+                                    verbose=cfg.verbose_prompts)
+    every = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
+                                                  "group": samples.group})
+    figures = _update(run, samples, every["weight"], every["tokens"], lr, timer)
+    return {"step": step, "mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", **figures,
+            "demo_extended_share": float(every["group"].mean()),
+            "tokens_per_s": float(every["tokens"].sum()) / sum(timer.seconds.values()),
+            **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
+
+
+def _update(run: Run, samples, every_weight, every_tokens, lr: float, timer: PhaseTimer) -> dict:
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    with timer("forward_backward"):
+        local = phases.update(run.policy, run.optimizer, samples, every_weight, every_tokens, run.world, run.cfg)
+    with timer("optimizer"):
+        if not local["skipped"]:  # skipping is global: the decision comes from gathered arrays
+            phases.optimizer_step(run.policy, run.optimizer, run.cfg.max_grad_norm)
+    # Log time: the one host sync of the step, and the one reduction of the local figures.
+    parts = distributed.all_gather_arrays(run.world, {key: np.array([float(local[key])])
+                                                      for key in ("loss", "abs_diff", "tokens")})
+    return {"loss": float(parts["loss"].mean()), "update_skipped": local["skipped"],
+            "logprob_abs_diff": float(parts["abs_diff"].sum() / max(parts["tokens"].sum(), 1.0)),
+            "train_tokens": int(np.dot(every_weight, every_tokens))}
+
+
+def _data_seed(cfg: TrainConfig, step: int) -> int:
+    """A step's prompts depend on (seed, step) alone: the step is the data position."""
+    return cfg.seed * 1_000_003 + step
+
+
+class _StopOnSigint:
+    """Ctrl-C asks the loop to stop after the current step (it then saves a checkpoint); a second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,101 @@
+"""Per-step metrics: phase timers, the step record (budget adherence, allocation by level, health) and
+its sinks (JSONL on rank 0, tensorboard when installed)."""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PHASES = ("generate", "grade", "group", "ilp", "forward_backward", "optimizer")
+
+
+class PhaseTimer:
+    """Wall seconds per phase. On CUDA it synchronises at phase ends: timings are the point of it, and
+    the phases around the ILP sync the host anyway."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def _share(mask: np.ndarray, among: np.ndarray) -> float:
+    return float(mask[among].mean()) if among.any() else 0.0
+
+
+def by_level(every: dict, values: np.ndarray, among: np.ndarray) -> dict[str, float]:
+    """{level: mean of `values` over the samples of that level that are in `among`}."""
+    return {str(level): _share(values, among & (every["level"] == level)) for level in np.unique(every["level"])}
+
+
+def rollout_record(every: dict, selection, cfg) -> dict:
+    """Budget and allocation figures of one step from the gathered per-sample arrays."""
+    extended = every["group"] >= 1
+    chosen = every["weight"] > 0
+    all_samples = np.ones_like(chosen)
+    num_prompts = len(np.unique(every["prompt"]))
+    capacity = num_prompts * cfg.max_per_prompt if cfg.max_per_prompt else len(chosen)
+    return {
+        "reward_mean": float(every["reward"].mean()) if len(chosen) else 0.0,
+        "reward_selected_mean": _share(every["reward"], chosen),
+        "num_samples": int(len(chosen)),
+        "num_selected": int(chosen.sum()),
+        "sampled_extended_share": _share(extended, all_samples),
+        # DESIGN.md §1: selected extended / (m · P); the budget caps it at q (over the buffer window).
+        "selected_extended_share": float((extended & chosen).sum() / max(capacity, 1)),
+        "selected_extended_density": _share(extended, chosen),
+        "window_extended_share": float(selection.group_share[1]) if len(selection.group_share) > 1 else 0.0,
+        "accuracy_by_level": by_level(every, every["reward"], all_samples),
+        "extended_share_by_level": by_level(every, extended, all_samples),
+        "selected_extended_by_level": by_level(every, extended, chosen),
+        "response_tokens_mean": float(every["tokens"].mean()) if len(chosen) else 0.0,
+        "ilp_status": selection.status,
+        "ilp_method": selection.method,
+        "ilp_seconds": selection.solve_seconds,
+        "ilp_objective": selection.objective,
+    }
+
+
+class MetricLogger:
+    """Appends one JSON object per step to `path` (rank 0 only). On resume, lines of steps at or after
+    the resumed step are dropped first, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, *, enabled: bool, resume_step: int | None, tensorboard: bool):
+        self.path, self.enabled, self.writer = path, enabled, None
+        if not enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] < resume_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional (extra "viz")
+                return
+            self.writer = SummaryWriter(str(path.parent / "tb"))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{self.path.stem}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
