@@ -69,7 +69,9 @@ def peak_memory(fn, *, device: str = "cpu") -> int:
 def environment() -> dict:
     """Machine, versions and the exact command, stored with every result file."""
     env = {
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        # orig_argv keeps "-m benchmarks ..." as typed (argv[0] would be the path of __main__.py)
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name,
+                                                      *getattr(sys, "orig_argv", [None, *sys.argv])[1:]]),
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

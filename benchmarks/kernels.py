@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,14 +158,19 @@ def measure(batch, name, kind, loss_fn, mode, args, reference):
         value = _call(loss_fn, batch, mode).item()  # the warm-up (and compiling) call, and the value check
         ref = reference[kind]
         row["rel_err"] = None if math.isnan(ref) else abs(value - ref) / max(abs(ref), 1e-30)
+        start = time.perf_counter()
         row["peak_mib"] = peak_memory(lambda: _call(loss_fn, batch, mode), device=args.device) / 2**20
-        row["ms"] = 1e3 * median_time(lambda: _call(loss_fn, batch, mode), repeats=args.repeats,
+        # a method 10x slower than the rest would take most of the run: one timed call is enough to say so
+        slow = time.perf_counter() - start > args.slow_s
+        row["repeats"] = 1 if slow else args.repeats
+        row["ms"] = 1e3 * median_time(lambda: _call(loss_fn, batch, mode), repeats=row["repeats"],
                                       warmup=0, device=args.device)
-        row["status"] = "ok"
+        row["status"] = f"ok (1 repeat: a call took > {args.slow_s:g} s)" if slow else "ok"
     except torch.OutOfMemoryError:
         row["status"] = "oom"
     except Exception as error:  # a peer that cannot run here: say why, keep going
-        row["status"] = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}" if str(error) else type(error).__name__
+        first_line = str(error).splitlines()[0][:80] if str(error) else ""
+        row["status"] = f"{type(error).__name__}: {first_line}".rstrip(": ")
     batch.hidden.grad = batch.weight.grad = None
     _free(args.device)
     return row
@@ -247,9 +253,9 @@ def summarize(rows, device, backends):
         verdict = lambda ok: "yes" if ok else "NO"  # noqa: E731
         peers = ", ".join(f"{p} {verdict(mine['ms'] < sel[p]['ms'])} ({sel[p]['ms'] / mine['ms']:.2f}x)"
                           if "ms" in sel.get(p, {}) else f"{p} not run" for p in ("liger", "cce", "torch_lce"))
-        lines.append(f"  {T}x{H}x{V}: time/floor {mine['vs_floor']:.2f} (<= 1.15: {verdict(mine['vs_floor'] <= 1.15)}); "
-                     f"workspace/bf16 logits {mine['ws_vs_logits']:.3f} (< 0.05: {verdict(mine['ws_vs_logits'] < 0.05)});"
-                     f" faster than: {peers}")
+        floor, workspace = mine["vs_floor"], mine["ws_vs_logits"]
+        lines.append(f"  {T}x{H}x{V}: time/floor {floor:.2f} (<= 1.15: {verdict(floor <= 1.15)}); workspace/bf16 "
+                     f"logits {workspace:.3f} (< 0.05: {verdict(workspace < 0.05)}); faster than: {peers}")
     if len(lines) == 1:
         lines.append("  no bf16 rows in this run")
     print("\n".join(lines))
@@ -264,6 +270,8 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="+", help="TxHxV each (default: per device)")
     parser.add_argument("--dtypes", nargs="+", default=None, help="default float32 bfloat16 (--quick: float32)")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (CPU), 5 (CUDA), 1 (--quick)")
+    parser.add_argument("--slow-s", type=float, default=4.0,
+                        help="a method whose call takes longer than this is timed once, not --repeats times")
     parser.add_argument("--skip", nargs="*", default=[], help="method names to leave out (rows say 'skipped')")
     parser.add_argument("--methods", nargs="*", help="only these methods (default: all); the floor always runs")
     parser.add_argument("--backends", nargs="+", help="backends of our ops (default: torch + native on CPU, "

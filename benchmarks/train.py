@@ -6,7 +6,7 @@
 Model: a random Llama with the tiny preset's body (``models.tiny_model``: hidden 128, 4 layers) and a
 V = 32,000 head (``--vocab``), so the LM head is most of the update's flops, as in small real models with large
 vocabularies; text goes through the char tokenizer (ids < 102). The step, built from the package's public
-pieces (ibpo_fast/train is not used: it did not exist when this was written):
+pieces and the trainer's ``Policy`` and ``optimizer_step`` (ibpo_fast/train):
 
 - generate: ``HFSampler.generate`` of n responses for each of P arithmetic prompts by the random policy
   (``--max-new-tokens``, default 32). A random policy never answers right, so the ILP would select nothing:
@@ -15,16 +15,19 @@ pieces (ibpo_fast/train is not used: it did not exist when this was written):
 - grade: ``Grader.score`` of those texts; group: ``pack`` of all rollouts + ``grouping.assign`` by the
   [TRIAL] marker; ilp: ``budget.solve(rewards, groups, prompts, q, max_per_prompt=1)``; pack: the selected
   responses into the update batch (T tokens).
-- fwd+bwd: ``fused`` = ``model.model(...)`` hidden states + ``ops.weighted_sequence_loss`` (backend "auto");
-  ``full`` = ``model(...).logits`` → log_softmax → gather → the same per-sequence weighted loss (Z = tokens);
-  then ``loss.backward()``. optimizer: AdamW ``step`` + ``zero_grad``. Packed rows with restarting position_ids
-  and ``use_cache=False`` (exact on CPU per DESIGN §2).
+- fwd+bwd: ``fused`` = the trainer's ``Policy`` (decoder body on sdpa rows of <= 2048 tokens with a
+  block-diagonal mask, or one varlen row under flash-attn) + ``ops.sequence_logprobs_and_loss`` (backend
+  "auto"); ``full`` = ``model(...).logits`` on the same rows → log_softmax → gather → the same per-sequence
+  weighted loss (Z = counted tokens); then ``loss.backward()``. optimizer: the trainer's ``optimizer_step``
+  (grad-norm clip 1.0, AdamW step, zero_grad).
 
 Median over ``--repeats`` after one warm-up step. In each repeat the phases that depend on neither q nor the loss
 (generate, grade, group) run once and their times serve every row; then, for each q in turn, ilp, pack and the
 two updates (interleaved, so a slow spell of a shared machine hits all rows alike). `update_tok_s` =
-T / (fwd+bwd + optimizer); `step_tok_s` = T / the whole step; `samples_s` = P·n / the whole step. `peak_mib`: peak memory of the update (fwd+bwd + optimizer)
-above what was held before it. Rows `ratio` give fused / full for the throughputs and full / fused for time.
+T / (fwd+bwd + optimizer); `step_tok_s` = T / the whole step; `samples_s` = P·n / the whole step;
+`peak_mib`: peak memory of the update (fwd+bwd + optimizer) above what was held before it. Rows `ratio` give
+fused / full for the throughputs and full / fused for time, and `loss_rel_diff`, |fused − full| / |full| of
+the loss on that batch (a check that both compute the same loss).
 """
 from __future__ import annotations
 
@@ -42,12 +45,14 @@ from ibpo_fast import budget, grouping, ops
 from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model, trial_marker_ids
 from ibpo_fast.packing import pack
 from ibpo_fast.rollout import ArithmeticTask, Grader, HFSampler, demonstration, prompt_text
+from ibpo_fast.train.policy import Policy, RowBatch, uses_flash_attention
+from ibpo_fast.train.step import optimizer_step
 
 BUDGETS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROLLOUT_PHASES = ("generate", "grade", "group", "ilp", "pack")
 UPDATE_PHASES = ("fwd_bwd", "optimizer")
 COLUMNS = ["q", "loss", "tokens", "selected", "extended", *(f"{p}_ms" for p in ROLLOUT_PHASES + UPDATE_PHASES),
-           "step_ms", "update_tok_s", "step_tok_s", "samples_s", "peak_mib"]
+           "step_ms", "update_tok_s", "step_tok_s", "samples_s", "peak_mib", "loss_rel_diff"]
 
 
 class Timer:
@@ -82,22 +87,37 @@ def make_rollouts(tokenizer, num_prompts, n, seed):
     return problems, prompt_ids, texts, np.asarray(owners)
 
 
-def full_logits_loss(model, batch):
-    """The model's own path: [T, V] logits, log_softmax, gather, then the same weighted per-sequence loss."""
-    logits = model(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None], use_cache=False).logits[0]
+def normaliser(batch) -> torch.Tensor:
+    """Z = sum_i |w_i| * (counted tokens of i), as ``normalize="tokens"`` computes it."""
+    counted = ((batch.targets != -100) & batch.loss_mask).float()
+    sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=counted.device),
+                                       batch.seqlens().long())
+    num_tokens = torch.zeros(batch.num_sequences, device=counted.device).index_add(0, sequence, counted)
+    return (batch.weight.abs() * num_tokens).sum().clamp(min=1)
+
+
+def fused_loss(policy, batch):
+    """The trainer's path: ``Policy`` (decoder body on its row layout) + ``ops.sequence_logprobs_and_loss``."""
+    return policy(batch, batch.weight / normaliser(batch))[1]
+
+
+def full_logits_loss(policy, batch):
+    """The model's own path on the same layout: ``model(...).logits`` [T, V], log_softmax, gather, the same loss."""
+    model = policy.model
+    if uses_flash_attention(model):
+        logits = model(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
+                       use_cache=False).logits[0]
+    else:
+        rows = RowBatch(batch, policy.max_row_tokens)
+        logits = model(input_ids=rows.input_ids, position_ids=rows.position_ids, attention_mask=rows.mask,
+                       use_cache=False).logits  # [B, L, V], padding slots included
+        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows.index)  # [T, V]
     counted = (batch.targets != -100) & batch.loss_mask
     logp = torch.log_softmax(logits.float(), dim=-1).gather(1, batch.targets.clamp(min=0)[:, None]).squeeze(1)
-    sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=logits.device), batch.seqlens().long())
+    sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=logits.device),
+                                       batch.seqlens().long())
     seq_logp = torch.zeros(batch.num_sequences, device=logits.device).index_add(0, sequence, logp * counted)
-    num_tokens = torch.zeros_like(seq_logp).index_add(0, sequence, counted.float())
-    return -(batch.weight * seq_logp).sum() / (batch.weight.abs() * num_tokens).sum().clamp(min=1)
-
-
-def fused_loss(model, batch):
-    hidden = model.model(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
-                         use_cache=False).last_hidden_state[0]  # [T, H]
-    return ops.weighted_sequence_loss(hidden, model.lm_head.weight, batch.targets, batch.cu_seqlens, batch.weight,
-                                      batch.loss_mask)
+    return -(batch.weight * seq_logp).sum() / normaliser(batch)
 
 
 LOSSES = {"fused": fused_loss, "full": full_logits_loss}
@@ -108,7 +128,8 @@ class Step:
         self.args, self.device = args, args.device
         self.tokenizer = char_tokenizer()
         self.model = tiny_model(args.vocab, seed=0).to(args.device)
-        self.optimizers = {name: torch.optim.AdamW(self.model.parameters(), lr=1e-5) for name in LOSSES}
+        self.policy = Policy(self.model, max_row_tokens=args.max_row_tokens)
+        self.optimizers = {name: torch.optim.AdamW(self.policy.parameters(), lr=1e-5) for name in LOSSES}
         self.sampler = HFSampler(self.model, self.tokenizer, max_new_tokens=args.max_new_tokens,
                                  batch_size=args.generate_batch, progress=False)
         self.task, self.marker = ArithmeticTask(levels=(1, 2, 3, 4)), trial_marker_ids(self.tokenizer)
@@ -138,23 +159,31 @@ class Step:
                                            group=groups[chosen], reward=rewards[chosen], device=self.device))
         return batch, int((groups[chosen] > 0).sum())
 
+    @torch.no_grad()
+    def loss_gap(self, batch) -> float:
+        """|fused - full| / |full| of the loss on ``batch``: both variants compute the same number."""
+        fused, full = (float(loss(self.policy, batch)) for loss in (fused_loss, full_logits_loss))
+        return abs(fused - full) / max(abs(full), 1e-30)
+
     def update(self, loss_name, batch, timer):
         optimizer = self.optimizers[loss_name]
-        timer("fwd_bwd", lambda: LOSSES[loss_name](self.model, batch).backward())
-        timer("optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+        timer("fwd_bwd", lambda: LOSSES[loss_name](self.policy, batch).backward())
+        timer("optimizer", lambda: optimizer_step(self.policy, optimizer, max_grad_norm=1.0))
 
 
 def measure(step, args):
     """Per repeat: the q-independent phases once, then for each q the ILP, pack and both updates (interleaved,
     so a slow spell of the machine hits every budget and both losses alike)."""
     samples = {(q, name): [] for q in args.budgets for name in LOSSES}
-    batches, peaks = {}, {}
+    batches, peaks, loss_gaps = {}, {}, {}
     for repeat in range(args.repeats):
         shared = Timer(args.device)
         rewards, groups = step.rollout(shared)
         for q in args.budgets:
             selecting = Timer(args.device)
             batches[q] = step.select(q, rewards, groups, selecting)
+            if repeat == 0:
+                loss_gaps[q] = step.loss_gap(batches[q][0])
             for name in LOSSES:
                 timer = Timer(args.device)
                 if repeat == 0:
@@ -163,6 +192,9 @@ def measure(step, args):
                     step.update(name, batches[q][0], timer)
                 samples[q, name].append({**shared.ms, **selecting.ms, **timer.ms})
         rows = [row for q in args.budgets for row in budget_rows(q, *batches[q], samples, peaks, args)]
+        for row in rows:
+            if row["loss"].startswith("ratio"):
+                row["loss_rel_diff"] = loss_gaps[row["q"]]
         save_partial(args.out, "train", rows)  # medians of the repeats so far, in case a time limit cuts the run
         print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
     (Path(args.out) / "train.partial.json").unlink()
@@ -203,6 +235,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--generate-batch", type=int, default=128)
+    parser.add_argument("--max-row-tokens", type=int, default=2048, help="the trainer's sdpa row length")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -2,8 +2,8 @@
 
     ibpo-fast plot --metrics runs/tiny/metrics.jsonl --out runs/tiny
 
-- budget_adherence.png: per step, the extended share among the samples and among the selected
-  (selected extended / (m·P), DESIGN.md §1) against the budget q.
+- budget_adherence.png: per step, the extended share among the samples, the budget's left side
+  (selected extended / (m·P), DESIGN.md §1; ≤ q) and the density among the selected, against q.
 - allocation_by_level.png: per step and difficulty level, the share of sampled responses that are
   extended (the policy's own choice) and the accuracy; a difficulty-aware policy spends its budget on
   the hard levels.
@@ -34,6 +34,7 @@ def plot(metrics: str | Path, out: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, [r["sampled_extended_share"] for r in records], label="extended share, sampled")
     ax.plot(steps, [r["selected_extended_share"] for r in records], label="extended share, selected / (m·P)")
+    ax.plot(steps, [r["selected_extended_density"] for r in records], ":", label="extended / selected (density)")
     ax.plot(steps, [r["q"] for r in records], "k--", label="budget q")
     ax.set(xlabel="step", ylabel="share", ylim=(-0.02, 1.02), title="budget adherence")
     ax.legend()

@@ -31,7 +31,7 @@ def test_kernels_quick(tmp_path):
     by_key = {(r["mode"], r["method"]): r for r in rows}
     for mode in ("fwd", "fwd+bwd"):
         for method in ("matmul_floor", "naive", "wsl[torch]", "slp[torch]", "torch_lce"):
-            assert by_key[(mode, method)]["status"] == "ok", by_key[(mode, method)]
+            assert by_key[(mode, method)]["status"].startswith("ok"), by_key[(mode, method)]
         for method in ("naive", "wsl[torch]", "slp[torch]", "torch_lce"):
             row = by_key[(mode, method)]
             assert row["rel_err"] < 1e-4 and row["ms"] > 0 and row["tflops"] > 0, row
@@ -47,6 +47,8 @@ def test_train_quick(tmp_path):
             assert all(row[f"{p}_ms"] >= 0 for p in ("generate", "grade", "group", "ilp", "pack", "fwd_bwd",
                                                      "optimizer")), row
             assert row["update_tok_s"] > 0 and row["step_tok_s"] > 0
+        else:
+            assert row["loss_rel_diff"] < 1e-4, row  # the fused and the full-logits loss agree
 
 
 @pytest.mark.parametrize("suite", ["grouper", "ilp"])
@@ -69,4 +71,4 @@ def test_kernels_triton_rows_under_the_interpreter(tmp_path):
           "--shapes", "40x32x300", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "kernels.json").read_text())["rows"]
     ours = [r for r in rows if r["method"].endswith("[triton]")]
-    assert len(ours) == 4 and all(r["status"] == "ok" and r["rel_err"] < 1e-4 for r in ours), ours
+    assert len(ours) == 4 and all(r["status"].startswith("ok") and r["rel_err"] < 1e-4 for r in ours), ours

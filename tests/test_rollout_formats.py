@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from ibpo_fast.rollout.formats import (FORMATS, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
+from ibpo_fast.rollout.formats import (DEMO_MAX_SLIPS, FORMATS, HARD_LEVEL, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
                                        last_boxed, parse, prompt_text, vote)
 from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, ArithmeticTask, Problem
 
@@ -79,7 +79,7 @@ def test_demonstrations_round_trip(level, fmt):
     for problem in ArithmeticTask(levels=(level,)).problems("train", 40, seed=level):
         parsed = parse(demonstration(problem, fmt, rng))
         assert parsed.final_answer == problem.answer and parsed.well_formed
-        voting = fmt == "sv" or (fmt == "asv" and level >= 3)
+        voting = fmt == "sv" or (fmt == "asv" and level >= HARD_LEVEL)
         assert (parsed.num_trials >= 3) if voting else (parsed.num_trials == 0)
 
 
@@ -91,9 +91,18 @@ def test_demonstration_trial_count(num_trials):
         assert parsed.num_trials == num_trials and parsed.final_answer == problem.answer and parsed.well_formed
 
 
-def test_demonstration_has_real_column_steps():
+def test_demonstration_has_real_steps():
+    assert demonstration(Problem("u", "3+5+7+2%10", "7", 2), "regular", random.Random(0)) == "8,5,7 \\boxed{7}"
+    assert demonstration(Problem("u", "3+5+7", "15", 2), "regular", random.Random(0)) == "8,15 \\boxed{15}"
     text = demonstration(Problem("u", "47+85", "132", 2), "regular", random.Random(0))
     assert text == "7+5=12,4+8+1=13 \\boxed{132}"
+
+
+def test_wrong_attempts_differ_and_stay_short():
+    rng = random.Random(0)
+    for problem in ArithmeticTask(levels=tuple(ARITHMETIC_LEVELS)).problems("train", 200, seed=0):
+        answers = parse(demonstration(problem, "sv", rng)).trial_answers
+        assert answers.count(problem.answer) == 3 and 3 <= len(answers) <= 3 + DEMO_MAX_SLIPS
 
 
 def test_demonstration_generic_problem_and_errors():

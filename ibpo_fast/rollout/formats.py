@@ -26,6 +26,7 @@ FORMATS = ("regular", "sv", "asv")
 MAX_TRIALS = 8
 CONSENSUS = 3
 HARD_LEVEL = 3  # asv demonstrations vote from this level up
+DEMO_MAX_SLIPS = 2  # voting demonstrations hold at most this many wrong trials by default (short responses)
 
 _SHORT_TAGS = {"regular": "solve", "sv": "vote", "asv": "auto"}
 _INSTRUCTIONS = {
@@ -150,11 +151,34 @@ def _column_steps(operands: list[int], rng: random.Random | None) -> tuple[str, 
     return ",".join(steps), "".join(sum_digits)[::-1]
 
 
+def _running_sums(operands: list[int], modulus: int | None, rng: random.Random | None) -> tuple[str, str]:
+    """Running sums, left to right, each reduced mod `modulus` when given: "3+5+7+2%10" -> "8,5,2" and
+    the answer 2 (one short number per step, so the chain of thought stays short). With `rng`, one
+    partial sum is off by a little and the later ones follow from it (a plausible slip)."""
+    sums, total = [], operands[0]
+    slip_step = rng.randrange(len(operands) - 1) if rng else -1
+    for step, term in enumerate(operands[1:]):
+        total += term
+        if step == slip_step:  # at least 3 distinct slips per step, so a vote can always be built
+            total += rng.choice([d for d in (-2, -1, 1, 2, 3) if total + d >= 0])
+        if modulus:
+            total %= modulus
+        sums.append(str(total))
+    return ",".join(sums), str(total)
+
+
 def _attempt(problem: Problem, rng: random.Random | None) -> str:
-    """One attempt ending in a boxed answer; with `rng`, a wrong one. Arithmetic problems get real
-    column steps; other problems (no steps known) just state the answer."""
-    if re.fullmatch(r"\d+(\+\d+)+", problem.text):
-        steps, answer = _column_steps([int(x) for x in problem.text.split("+")], rng)
+    """One attempt ending in a boxed answer; with `rng`, a wrong one. Sums of digits ("3+5+7", or mod m:
+    "3+5+7%10") get running sums, sums of larger numbers column steps; other problems (no steps known)
+    just state the answer."""
+    match = re.fullmatch(r"(\d+(?:\+\d+)+)(?:%(\d+))?", problem.text)
+    if match:
+        operands = [int(x) for x in match[1].split("+")]
+        modulus = int(match[2]) if match[2] else None
+        if modulus or max(operands) < 10:
+            steps, answer = _running_sums(operands, modulus, rng)
+        else:
+            steps, answer = _column_steps(operands, rng)
         return f"{steps} \\boxed{{{answer}}}"
     if rng is not None:
         raise ValueError(f"problem: wrong attempts need an arithmetic problem, got {problem.text!r}")
@@ -162,8 +186,8 @@ def _attempt(problem: Problem, rng: random.Random | None) -> str:
 
 
 def _voting_demo(problem: Problem, rng: random.Random, num_trials: int | None) -> str:
-    if num_trials is None:  # half reach consensus at once, half after 1..5 slips
-        num_trials = CONSENSUS + (rng.randint(1, MAX_TRIALS - CONSENSUS) if rng.random() < 0.5 else 0)
+    if num_trials is None:  # half reach consensus at once, half after 1..DEMO_MAX_SLIPS slips
+        num_trials = CONSENSUS + (rng.randint(1, DEMO_MAX_SLIPS) if rng.random() < 0.5 else 0)
     if not 1 <= num_trials <= MAX_TRIALS:
         raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
     num_wrong = max(0, num_trials - CONSENSUS)

@@ -1,8 +1,9 @@
 """Tasks: where problems come from and how an answer is checked, behind one small interface.
 
-- `ArithmeticTask`: procedural column addition with difficulty levels, no dependency. It is the task of
-  the tiny embedded default (a ~1M-parameter char-level model trained from scratch on a CPU), so problems
-  are short; harder levels need more column steps, so one attempt fails more often and voting helps.
+- `ArithmeticTask`: procedural running sums mod 10 with difficulty levels, no dependency. It is the task
+  of the tiny embedded default (a ~0.15M-parameter char-level model trained from scratch on a CPU in
+  minutes), so problems and chains of thought are very short; harder levels are longer chains of the
+  same step, so one attempt slips more often and a vote over attempts helps.
 - `ReasoningGymTask`: any procedural dataset of `reasoning_gym` (optional extra `tasks`).
 - `JsonlMathTask`: `{"problem", "answer"[, "level"]}` lines graded with math-verify.
 """
@@ -47,14 +48,21 @@ def normalize_answer(answer: str) -> str:
     return re.sub(r"\s+|,", "", answer).rstrip(".").lower()
 
 
-# Level -> (number of operands, digits per operand). More columns and more operands mean more
-# carry steps, so a single attempt is more likely to slip.
-ARITHMETIC_LEVELS: dict[int, tuple[int, int]] = {1: (2, 1), 2: (2, 2), 3: (3, 2), 4: (3, 3)}
+# Level -> number of terms. A problem is a start digit plus increments drawn from `STEP_TERMS`, and the
+# answer is the sum mod `MODULUS` (its last digit): "7+1+0+1%10" -> chain of thought "8,8,9", answer 9.
+# Every step of the chain is the same tiny table (copy, or the next digit mod 10) applied to the next
+# term, so a harder level is just a longer chain, where one sampled attempt slips more often while the
+# right answer stays the most frequent one across attempts (a vote recovers it). Measured: a from-scratch
+# model does not learn a full 10 x 10 digit-addition table (terms 0..9) within minutes on one CPU thread;
+# increments of 0/1 it does (see the tiny preset).
+ARITHMETIC_LEVELS: dict[int, int] = {1: 2, 2: 4, 3: 8, 4: 12}
+MODULUS = 10
+STEP_TERMS = (0, 1)
 
 
 class ArithmeticTask:
-    """Column addition, e.g. level 3: "47+85+19". Train and test draw from separate random streams
-    (small levels have few distinct problems, so the two splits overlap there)."""
+    """Running sums mod 10, e.g. level 2: "7+1+0+1%10" (answer "9"). Train and test draw from separate
+    random streams (the small levels have few distinct problems, so the two splits overlap there)."""
 
     def __init__(self, levels: tuple[int, ...] = (1, 2, 3)):
         if not levels or any(level not in ARITHMETIC_LEVELS for level in levels):
@@ -67,11 +75,9 @@ class ArithmeticTask:
         out = []
         for i in range(n):
             level = rng.choice(self.levels)
-            num_operands, num_digits = ARITHMETIC_LEVELS[level]
-            low = 0 if num_digits == 1 else 10 ** (num_digits - 1)
-            operands = [rng.randint(low, 10**num_digits - 1) for _ in range(num_operands)]
-            text = "+".join(map(str, operands))
-            out.append(Problem(f"arith/{split}/{seed}/{i}", text, str(sum(operands)), level))
+            terms = [rng.randint(0, 9)] + [rng.choice(STEP_TERMS) for _ in range(ARITHMETIC_LEVELS[level] - 1)]
+            text = "+".join(map(str, terms)) + f"%{MODULUS}"
+            out.append(Problem(f"arith/{split}/{seed}/{i}", text, str(sum(terms) % MODULUS), level))
         return out
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:

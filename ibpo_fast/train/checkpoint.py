@@ -75,3 +75,12 @@ def save_model(out: Path, *, policy, cfg, world: World) -> None:
     if world.is_main:
         weights = {key.removeprefix("model."): value for key, value in weights.items()}
         _atomic_save({"config": dataclasses.asdict(cfg), "model": weights}, out / MODEL)
+
+
+def model_weights(path: str | Path) -> dict:
+    """The bare model's state dict from a model.pt or a checkpoint.pt (whose keys carry the `Policy`
+    wrapper's "model." prefix)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "step" not in state:
+        return state["model"]
+    return {key.removeprefix("model."): value for key, value in state["model"].items()}

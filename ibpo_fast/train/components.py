@@ -52,8 +52,11 @@ def build(cfg: TrainConfig) -> Run:
     torch.manual_seed(cfg.seed)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     model, tokenizer = load_model(cfg.model, dtype=dtype, device=world.device, seed=cfg.seed)
-    if world.device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        model.set_attn_implementation("flash_attention_2")  # packed rows by position_ids, varlen kernels
+    if cfg.init_from:
+        model.load_state_dict(checkpoint.model_weights(cfg.init_from))
+    if world.device.type == "cuda" and dtype != torch.float32 and importlib.util.find_spec("flash_attn"):
+        # One packed row, sequences told apart by position_ids (varlen kernels); untested here (no GPU).
+        model.set_attn_implementation("flash_attention_2")
     policy = Policy(model, max_row_tokens=cfg.max_row_tokens)
     replica = distributed.SamplerReplica(policy, model, world)  # copied before sharding
     policy = distributed.parallelize(policy, world)

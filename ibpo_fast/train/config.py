@@ -26,6 +26,9 @@ class TrainConfig:
     "sft": the SV-SFT / ASV-SFT baselines on generated demonstrations (see `sft_format`)."""
     model: str = "tiny"
     """"tiny" (random char-level Llama, trained from scratch), "smollm2", or a local model directory."""
+    init_from: str = ""
+    """Start from the weights in this model.pt / checkpoint.pt (e.g. a warm-up-only run) instead of the
+    fresh `model`; baselines compared at equal settings start from the same file."""
     dtype: str = "float32"
     """Parameter dtype: "float32" or "bfloat16"."""
     device: str = "auto"
@@ -82,7 +85,7 @@ class TrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 disables)."""
-    max_row_tokens: int = 2048
+    max_row_tokens: int = 512
     """sdpa path: packed sequences are laid out in rows of at most this many tokens (whole sequences
     only, a block-diagonal mask per row), so attention costs O(T · row) instead of O(T²)."""
     out: str = "runs/tiny"

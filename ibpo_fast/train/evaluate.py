@@ -30,8 +30,17 @@ def load_trained(path: str, device: torch.device):
     cfg = TrainConfig(**state["config"])
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     model, tokenizer = load_model(cfg.model, dtype=dtype, device=device, seed=cfg.seed)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(checkpoint.model_weights(file))
     return model.eval(), tokenizer, cfg
+
+
+def test_problems(cfg: TrainConfig, ecfg: EvalConfig) -> list:
+    """`problems_per_level` test problems of each level for the arithmetic task; other tasks have no
+    level control: problems_per_level · len(levels) problems, reported by the level they carry."""
+    if cfg.task != "arithmetic":
+        return make_task(cfg.task).problems("test", ecfg.problems_per_level * len(cfg.levels), seed=ecfg.seed)
+    return [problem for level in cfg.levels
+            for problem in make_task("arithmetic", [level]).problems("test", ecfg.problems_per_level, seed=ecfg.seed)]
 
 
 def evaluate(ecfg: EvalConfig) -> dict:
@@ -40,7 +49,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
     task = make_task(cfg.task, cfg.levels)
     sampler = HFSampler(model, tokenizer, max_new_tokens=ecfg.max_new_tokens or cfg.max_new_tokens,
                         temperature=ecfg.temperature, batch_size=cfg.generate_batch, progress=True)
-    problems = task.problems("test", ecfg.problems_per_level * len(cfg.levels), seed=ecfg.seed)
+    problems = test_problems(cfg, ecfg)
     prompts = encode_prompts(tokenizer, [prompt_text(p, "asv", verbose=cfg.verbose_prompts) for p in problems])
     rollouts = sampler.generate(prompts, ecfg.samples_per_problem, seed=ecfg.seed)
     owners = [problems[r.prompt_index] for r in rollouts]

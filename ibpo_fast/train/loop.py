@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,23 +33,15 @@ def train(cfg: TrainConfig) -> Run:
     end = min(total, cfg.stop_after) if cfg.stop_after else total
     bar = tqdm(range(run.start_step, end), desc="train", disable=not (cfg.progress and run.world.is_main))
     for step in bar:
-        if step < cfg.warmup_steps:
-            record = sft_step(run, step, formats=WARMUP_FORMATS, batch=cfg.warmup_batch, lr=cfg.warmup_lr)
-            run.warmup_metrics.log(record)
-        else:
-            record = (sft_step(run, step, formats=(("asv", cfg.sft_format),), batch=cfg.sft_batch, lr=cfg.lr)
-                      if cfg.mode == "sft" else rl_step(run, step))
-            run.metrics.log({**record, "step": step - cfg.warmup_steps})
+        record = one_step(run, step)
         bar.set_postfix(loss=f"{record['loss']:.3f}", reward=f"{record.get('reward_mean', 1.0):.2f}")
         interrupted = distributed.any_rank(run.world, stop.requested)
         if interrupted or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-            checkpoint.save(run.out, policy=run.policy, optimizer=run.optimizer, buffer=run.buffer,
-                            step=step + 1, cfg=cfg, world=run.world)
+            _save(run, step + 1)
         if interrupted:
             break
     else:
-        checkpoint.save(run.out, policy=run.policy, optimizer=run.optimizer, buffer=run.buffer, step=end,
-                        cfg=cfg, world=run.world)
+        _save(run, end)
         if end == total:
             checkpoint.save_model(run.out, policy=run.policy, cfg=cfg, world=run.world)
     stop.restore()
@@ -59,13 +50,36 @@ def train(cfg: TrainConfig) -> Run:
     return run
 
 
+def one_step(run: Run, step: int) -> dict:
+    """Warm-up steps come first (logged to warmup.jsonl), then the mode's steps (metrics.jsonl,
+    numbered from 0)."""
+    cfg = run.cfg
+    if step < cfg.warmup_steps:
+        record = {"step": step, **sft_step(run, step, formats=WARMUP_FORMATS, batch=cfg.warmup_batch,
+                                           lr=cfg.warmup_lr)}
+        run.warmup_metrics.log(record)
+        return record
+    if cfg.mode == "sft":
+        record = sft_step(run, step, formats=(("asv", cfg.sft_format),), batch=cfg.sft_batch, lr=cfg.lr)
+    else:
+        record = rl_step(run, step)
+    record = {"step": step - cfg.warmup_steps, **record}
+    run.metrics.log(record)
+    return record
+
+
+def _save(run: Run, next_step: int) -> None:
+    checkpoint.save(run.out, policy=run.policy, optimizer=run.optimizer, buffer=run.buffer, step=next_step,
+                    cfg=run.cfg, world=run.world)
+
+
 def rl_step(run: Run, step: int) -> dict:
     """IBPO (or RFT): sample → grade → group → ILP → weighted update."""
     cfg, world, timer = run.cfg, run.world, PhaseTimer(run.world.device)
     problems, first = phases.shard(run.task.problems("train", cfg.prompts_per_step, seed=_data_seed(cfg, step)), world)
     with timer("generate"):
         run.replica.refresh()
-        rollouts = phases.generate(run.sampler, run.tokenizer, problems, first, cfg, step, cfg.verbose_prompts)
+        rollouts = phases.generate(run.sampler, run.tokenizer, problems, first, cfg, step)
     with timer("grade"):
         samples = phases.grade(run.task, problems, rollouts, first)
     with timer("group"):
@@ -87,7 +101,7 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
     every = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
                                                   "group": samples.group})
     figures = _update(run, samples, every["weight"], every["tokens"], lr, timer)
-    return {"step": step, "mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", **figures,
+    return {"mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", **figures,
             "demo_extended_share": float(every["group"].mean()),
             "tokens_per_s": float(every["tokens"].sum()) / sum(timer.seconds.values()),
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
@@ -97,7 +111,7 @@ def _update(run: Run, samples, every_weight, every_tokens, lr: float, timer: Pha
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with timer("forward_backward"):
-        local = phases.update(run.policy, run.optimizer, samples, every_weight, every_tokens, run.world, run.cfg)
+        local = phases.update(run.policy, samples, every_weight, every_tokens, run.world, run.cfg)
     with timer("optimizer"):
         if not local["skipped"]:  # skipping is global: the decision comes from gathered arrays
             phases.optimizer_step(run.policy, run.optimizer, run.cfg.max_grad_norm)

@@ -1,5 +1,16 @@
-"""Per-step metrics: phase timers, the step record (budget adherence, allocation by level, health) and
-its sinks (JSONL on rank 0, tensorboard when installed)."""
+"""Per-step metrics: phase timers, the step record and its sinks (JSONL on rank 0, tensorboard when
+installed). Keys of an IBPO / RFT step in metrics.jsonl (all over every rank's samples):
+
+step, q, mode; loss (the weighted SFT loss, global); update_skipped (nothing selected anywhere);
+train_tokens (Z); reward_mean (samples), reward_selected_mean; num_samples, num_selected;
+sampled_extended_share (extended / samples: the policy's own density); selected_extended_share
+(selected extended / (m·P), the ILP's left side over the right side's q; ≤ q when accumulate_steps = 1);
+selected_extended_density (extended / selected); window_extended_share (the same over the buffer window);
+accuracy_by_level, extended_share_by_level, selected_extended_by_level ({level: share});
+response_tokens_mean; ilp_status, ilp_method, ilp_seconds, ilp_objective; logprob_abs_diff (sampler vs
+trainer log-prob per token, see `step.update`); tokens_per_s (generated tokens / whole step);
+time_<phase> for generate, grade, group, ilp, forward_backward, optimizer (seconds).
+"""
 from __future__ import annotations
 
 import json

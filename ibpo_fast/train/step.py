@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ibpo_fast import budget, grouping
+from ibpo_fast.models import encode_prompts
 from ibpo_fast.packing import pack
 from ibpo_fast.rollout import Grader, demonstration, prompt_text
 from ibpo_fast.train.distributed import World, all_gather_arrays
@@ -48,11 +49,10 @@ def shard(items: list, world: World) -> tuple[list, int]:
     return items[world.rank * size:(world.rank + 1) * size], world.rank * size
 
 
-def generate(sampler, tokenizer, problems, first, cfg, step: int, verbose: bool) -> list:
+def generate(sampler, tokenizer, problems, first, cfg, step: int) -> list:
     """n rollouts per problem with the ASV prompt (the policy chooses regular or voting), sampled in
     calls of `generate_prompts` prompts, each seeded by (seed, step, its first global prompt)."""
-    from ibpo_fast.models import encode_prompts
-    prompt_ids = encode_prompts(tokenizer, [prompt_text(p, "asv", verbose=verbose) for p in problems])
+    prompt_ids = encode_prompts(tokenizer, [prompt_text(p, "asv", verbose=cfg.verbose_prompts) for p in problems])
     chunk = cfg.generate_prompts or len(problems)
     rollouts = []
     for start in range(0, len(problems), chunk):
@@ -65,9 +65,9 @@ def generate(sampler, tokenizer, problems, first, cfg, step: int, verbose: bool)
 def grade(task, problems, rollouts, first: int) -> Samples:
     owners = [problems[r.prompt_index] for r in rollouts]
     scores = Grader(task).score(owners, [r.text for r in rollouts])
-    reward = np.where([r.truncated for r in rollouts], 0.0, scores.reward.astype(np.float64))
-    if not np.all(np.isfinite(reward)):
+    if not np.all(np.isfinite(scores.reward)):
         raise ValueError("grader returned a NaN or infinite reward")
+    reward = np.where([r.truncated for r in rollouts], 0.0, scores.reward.astype(np.float64))
     return Samples(
         pairs=[(list(r.prompt_ids), list(r.response_ids)) for r in rollouts],
         prompt=np.array([first + r.prompt_index for r in rollouts], np.int64),
@@ -88,7 +88,6 @@ def assign_groups(samples: Samples, marker: list[int], extended_trials: int) -> 
 def demonstrations(tokenizer, problems, first, *, seed: int, step: int, formats, verbose: bool) -> Samples:
     """One demonstration per problem, its (prompt format, response format) drawn from `formats` by a
     generator seeded per (seed, step, global index): the same data whatever the number of ranks."""
-    from ibpo_fast.models import encode_prompts
     pairs, groups = [], []
     for i, problem in enumerate(problems):
         rng = random.Random(f"{seed}/{step}/{first + i}")
@@ -117,7 +116,7 @@ def select(world: World, samples: Samples, buffer: budget.SampleBuffer, cfg) -> 
     return every, selection
 
 
-def update(policy, optimizer, samples: Samples, every_weight, every_tokens, world: World, cfg) -> dict:
+def update(policy, samples: Samples, every_weight, every_tokens, world: World, cfg) -> dict:
     """Weighted SFT step on the selected responses: loss = −Σ_i w_i log π(y_i|x_i) / Z with Z the selected
     response tokens of all ranks. Only w_i > 0 is packed. Returns local, not yet reduced, figures."""
     total_tokens = float(np.dot(every_weight, every_tokens))  # Z (counts the eos token as learned)
