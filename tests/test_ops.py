@@ -180,3 +180,14 @@ def test_integer_inputs_get_no_gradient():
                                       case.seq_weights.requires_grad_(), case.loss_mask)
     loss.backward()
     assert case.weight.grad is None and case.seq_weights.grad is None and case.targets.grad is None
+
+
+def test_weighted_loss_backward_scales_with_the_incoming_gradient():
+    case = random_case(3)
+    grads = []
+    for scale in (1.0, -2.5):
+        loss = ops.weighted_sequence_loss(case.hidden.requires_grad_(), case.weight.requires_grad_(), case.targets,
+                                          case.cu_seqlens, case.seq_weights, case.loss_mask)
+        grads.append(torch.autograd.grad(loss * scale, [case.hidden, case.weight]))
+    for unit, scaled in zip(*grads):
+        torch.testing.assert_close(scaled, -2.5 * unit)

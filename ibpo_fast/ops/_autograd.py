@@ -41,4 +41,6 @@ class RowWeightedSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_logp):
         d_hidden, d_weight = ctx.saved_tensors
-        return d_hidden * grad_loss.to(d_hidden.dtype), d_weight * grad_loss.to(d_weight.dtype), None, None, None, None
+        if not bool(grad_loss == 1):  # the usual loss.backward() needs no scaling: skip a [V, H] copy
+            d_hidden, d_weight = d_hidden * grad_loss.to(d_hidden.dtype), d_weight * grad_loss.to(d_weight.dtype)
+        return d_hidden, d_weight, None, None, None, None

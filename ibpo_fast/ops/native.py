@@ -49,19 +49,10 @@ class NativeChunkKernels:
     def logsumexp_and_grad_(z, targets, row_scale) -> torch.Tensor:
         """Whole-vocabulary tile: -> logp [rows]; z <- d(row_scale * logp)/dz in place (-100 rows: 0, 0)."""
         if z.dtype == torch.float64:
-            return _torch_logsumexp_and_grad_(z, targets, row_scale)
+            return TorchChunkKernels.logsumexp_and_grad_(z, targets, row_scale)
         logp = torch.empty(z.shape[0], dtype=torch.float32)
         _native.logsumexp_and_grad_(z, targets, row_scale, logp, torch.get_num_threads())
         return logp
-
-
-def _torch_logsumexp_and_grad_(z, targets, row_scale):
-    running_max = torch.full((z.shape[0],), float("-inf"), dtype=z.dtype)
-    running_sum, target_logit = torch.zeros_like(running_max), torch.zeros_like(running_max)
-    TorchChunkKernels.online_logsumexp_(z, targets, running_max, running_sum, target_logit)
-    lse = running_max + running_sum.log()
-    TorchChunkKernels.softmax_grad_(z, targets, lse, row_scale)
-    return target_logit - lse
 
 
 @dataclass(frozen=True)

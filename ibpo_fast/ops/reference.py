@@ -38,6 +38,16 @@ class TorchChunkKernels:
         z[rows, local_targets[rows]] += 1.0
         z.mul_(row_scale[:, None])
 
+    @classmethod
+    def logsumexp_and_grad_(cls, z, targets, row_scale) -> torch.Tensor:
+        """Whole-vocabulary tile: -> logp [rows]; z <- d(row_scale * logp)/dz in place (-100 rows: 0, 0)."""
+        running_max = torch.full((z.shape[0],), float("-inf"), dtype=z.dtype, device=z.device)
+        running_sum, target_logit = torch.zeros_like(running_max), torch.zeros_like(running_max)
+        cls.online_logsumexp_(z, targets, running_max, running_sum, target_logit)
+        lse = running_max + running_sum.log()
+        cls.softmax_grad_(z, targets, lse, row_scale)
+        return target_logit - lse
+
 
 @dataclass(frozen=True)
 class TorchBackend:
@@ -112,21 +122,9 @@ class TorchBackend:
         row_scale = coef.to(d_hidden.dtype) * inv_temp
         for rows, v0, hidden_tile, weight_tile, logits in self._tiles(hidden, weight):
             logits.mul_(inv_temp)
-            logp[rows] = self._logsumexp_and_grad_(logits, targets[rows], row_scale[rows])
+            logp[rows] = self.kernels.logsumexp_and_grad_(logits, targets[rows], row_scale[rows])
             self._accumulate(logits, rows, v0, hidden_tile, weight_tile, d_hidden, d_weight)
         return logp, d_hidden, d_weight
-
-    def _logsumexp_and_grad_(self, logits, targets, row_scale):
-        fused = getattr(self.kernels, "logsumexp_and_grad_", None)
-        if fused is not None:
-            return fused(logits, targets, row_scale)
-        R = logits.shape[0]
-        running_max = torch.full((R,), float("-inf"), dtype=logits.dtype, device=logits.device)
-        running_sum, target_logit = torch.zeros_like(running_max), torch.zeros_like(running_max)
-        self.kernels.online_logsumexp_(logits, targets, running_max, running_sum, target_logit)
-        lse = running_max + running_sum.log()
-        self.kernels.softmax_grad_(logits, targets, lse, row_scale)
-        return target_logit - lse
 
     def _zero_grads(self, hidden, weight):
         dtype = self._compute_dtype(hidden)
