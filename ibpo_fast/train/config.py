@@ -14,7 +14,11 @@ from pathlib import Path
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The presets live in the top-level configs/ of a source checkout; the package build installs a copy into
+# ibpo_fast/configs for installed packages.
+_PACKAGE = Path(__file__).resolve().parents[1]
+_CHECKOUT = _PACKAGE.parent
+CONFIG_DIR = _CHECKOUT / "configs" if (_CHECKOUT / "pyproject.toml").is_file() else _PACKAGE / "configs"
 MODES = ("ibpo", "sft", "rft")
 SFT_FORMATS = ("sv", "asv")
 
