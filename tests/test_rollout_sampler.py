@@ -81,3 +81,24 @@ def test_vllm_sampler_needs_vllm(setup):
         pytest.skip("vllm is installed: VLLMSampler needs a GPU run, not covered by the CPU tests")
     with pytest.raises(ImportError, match="vllm"):
         VLLMSampler("unused", setup[1], max_new_tokens=4)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (1.0, 0.7)])
+def test_gumbel_draws_follow_the_tempered_truncated_softmax(temperature, top_p):
+    from ibpo_fast.rollout.sampler import GumbelSampler
+    scores = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    probs = torch.softmax(scores.double() / temperature, 0)
+    if top_p < 1:  # keep the smallest prefix of the sorted probabilities whose mass reaches top_p
+        kept = (probs.cumsum(0) - probs) < top_p  # scores are sorted descending already
+        probs = torch.where(kept, probs, 0.0) / probs[kept].sum()
+    rows = 40_000
+    draw = GumbelSampler(temperature, top_p)
+    torch.manual_seed(0)
+    out = draw(torch.zeros(rows, 1, dtype=torch.long), scores.expand(rows, -1).clone())
+    token = out.argmax(1)
+    assert torch.isinf(out).sum() == rows * (scores.numel() - 1)  # one finite score per row
+    freq = torch.bincount(token, minlength=scores.numel()).double() / rows
+    sigma = (probs * (1 - probs) / rows).sqrt()
+    assert ((freq - probs).abs() <= 5 * sigma + 1e-12).all(), (freq, probs)
+    logp = torch.log_softmax(scores.double() / temperature, 0)[token]
+    torch.testing.assert_close(draw.logprobs[0].double(), logp, rtol=0, atol=1e-6)

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 from ibpo_fast.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(model="tiny", warmup_steps=2, warmup_batch=4, steps=2, prompts_per_step=2, samples_per_prompt=2,
                 max_new_tokens=16, generate_prompts=1, progress=False, tensorboard=False)
 
@@ -25,10 +25,10 @@ def _lines(path):
 
 def test_two_process_torchrun_matches_one_process(tmp_path):
     args = [f"--{key}={value}" for key, value in SETTINGS.items()] + [f"--out={tmp_path / 'two'}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "ibpo_fast.train", "--preset", "tiny", *args],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=80)
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=80)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     train(TrainConfig(**SETTINGS, out=str(tmp_path / "one")))
     for name in ("warmup.jsonl", "metrics.jsonl"):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 import torch
 
 from ibpo_fast import budget
@@ -21,7 +22,6 @@ from ibpo_fast.train import step as phases
 from ibpo_fast.train.distributed import World
 from ibpo_fast.train.policy import Policy
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(model="tiny", warmup_steps=2, warmup_batch=4, steps=2, prompts_per_step=2, samples_per_prompt=2,
              max_new_tokens=16, generate_prompts=1, progress=False, tensorboard=False)
 WORLD = World(0, 1, torch.device("cpu"))
@@ -98,16 +98,26 @@ def test_malformed_responses_grade_zero_and_group_by_trials():
     assert samples.group.tolist() == [0, 0, 1, 0, 1]
 
 
-def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path):
+@pytest.fixture
+def one_thread():
+    # The interrupted run is a subprocess: it must use as many threads as this one, or a different
+    # reduction order moves a loss by an ulp.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {"OMP_NUM_THREADS": "1"}
+    torch.set_num_threads(threads)
+
+
+def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, one_thread):
     overrides = {**SMALL, "warmup_steps": 3, "steps": 4}
     # Both runs from the same preset: the tiny preset's row layout differs from the dataclass defaults,
     # and a different packing layout may move a loss by an ulp.
     preset = lambda **more: load_config(TrainConfig, preset="tiny", overrides={**overrides, **more})  # noqa: E731
     train(preset(out=str(tmp_path / "whole")))
     args = [f"--{k}={v}" for k, v in overrides.items()] + [f"--out={tmp_path / 'cut'}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(**one_thread)
     process = subprocess.Popen([sys.executable, "-m", "ibpo_fast.train", "--preset", "tiny", *args], env=env,
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     warmup = tmp_path / "cut" / "warmup.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and not (warmup.exists() and warmup.read_text().strip()):

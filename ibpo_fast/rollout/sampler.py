@@ -6,8 +6,12 @@ GPU in CI).
 
 Log-probs are `log_softmax(raw_logits / temperature)` at each sampled token, the quantity the trainer
 recomputes, so |sampler - trainer| measures numerics alone. With top_p < 1 the sampler actually draws
-from a truncated distribution that these log-probs do not include. Generation memory grows with
-batch_size x max_new_tokens x vocabulary (the per-step logits are kept until the batch ends).
+from a truncated distribution that these log-probs do not include.
+
+HFSampler draws tokens itself, inside `generate`'s logits-processor hook, with the Gumbel-max trick
+(argmax of log-probs plus Gumbel noise), and records each drawn token's log-prob at once: torch's CPU
+`multinomial` over a large vocabulary was most of a step (230 ms of a 560 ms decode step at 256 x 32,000),
+and keeping every step's logits for the log-probs held batch x new tokens x vocabulary floats.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
 
 @dataclass(frozen=True)
@@ -89,20 +94,40 @@ class HFSampler:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, do_sample=True, temperature=self.temperature,
-            top_p=self.top_p, top_k=0, max_new_tokens=self.max_new_tokens, pad_token_id=pad,
-            eos_token_id=sorted(self.eos_ids), output_logits=True, return_dict_in_generate=True, use_cache=True,
+        draw = GumbelSampler(self.temperature, self.top_p)
+        # Greedy decoding over the processor's one-hot scores is exactly the processor's draw.
+        sequences = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, do_sample=False, temperature=None, top_p=None,
+            top_k=None, max_new_tokens=self.max_new_tokens, pad_token_id=pad, eos_token_id=sorted(self.eos_ids),
+            logits_processor=LogitsProcessorList([draw]), use_cache=True,
         )
-        new_tokens = out.sequences[:, width:]  # [B, S]
-        logits = torch.stack(out.logits, dim=1).float() / self.temperature  # [B, S, V]
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        new_tokens = sequences[:, width:].cpu()  # [B, S]
+        logprobs = torch.stack(draw.logprobs, dim=1).cpu().numpy()  # [B, S]
         rollouts = []
         for row, (p, prompt) in enumerate(zip(prompt_indices, prompts)):
-            ids, lp, truncated = _cut_at_eos(new_tokens[row].tolist(), logprobs[row].cpu().numpy(), self.eos_ids)
+            ids, lp, truncated = _cut_at_eos(new_tokens[row].tolist(), logprobs[row], self.eos_ids)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             rollouts.append(Rollout(p, list(prompt), ids, text, lp.astype(np.float32), truncated))
         return rollouts
+
+
+class GumbelSampler(LogitsProcessor):
+    """One token per row from softmax(scores / temperature) (top-p truncated when top_p < 1), by the
+    Gumbel-max trick: argmax(logp - log E) with E ~ Exp(1), drawn from torch's RNG on the scores' device.
+    Returns scores that are 0 at the drawn token and -inf elsewhere; appends the drawn tokens' log-probs
+    (of the untruncated distribution) to `logprobs`."""
+
+    def __init__(self, temperature: float, top_p: float):
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1 else None
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        candidates = self.top_p(input_ids, logp) if self.top_p else logp
+        token = (candidates - torch.empty_like(logp).exponential_().log_()).argmax(dim=-1, keepdim=True)
+        self.logprobs.append(logp.gather(1, token).squeeze(1))
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
 class VLLMSampler:
