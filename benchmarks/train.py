@@ -3,7 +3,7 @@
     python -m benchmarks train --out bench_out                 # CPU
     python -m benchmarks train --device cuda --out bench_out   # a larger batch on a GPU
 
-Model: a random Llama with the tiny preset's body (``models.tiny_model``: hidden 128, 4 layers) and a
+Model: a random Llama with the tiny preset's body (``models.tiny_model``: hidden 64, 2 layers) and a
 V = 32,000 head (``--vocab``), so the LM head is most of the update's flops, as in small real models with large
 vocabularies; text goes through the char tokenizer (ids < 102). The step, built from the package's public
 pieces and the trainer's ``Policy`` and ``optimizer_step`` (ibpo_fast/train):
