@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from ibpo_fast.rollout.formats import (DEMO_MAX_SLIPS, FORMATS, HARD_LEVEL, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
+from ibpo_fast.rollout.formats import (CONSENSUS, FORMATS, HARD_LEVEL, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
                                        last_boxed, parse, prompt_text, vote)
 from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, ArithmeticTask, Problem
 
@@ -92,17 +92,22 @@ def test_demonstration_trial_count(num_trials):
 
 
 def test_demonstration_has_real_steps():
-    assert demonstration(Problem("u", "3+5+7+2%10", "7", 2), "regular", random.Random(0)) == "8,5,7 \\boxed{7}"
-    assert demonstration(Problem("u", "3+5+7", "15", 2), "regular", random.Random(0)) == "8,15 \\boxed{15}"
+    problem = Problem("u", "3+5+7+2%10", "7", 2)
+    assert demonstration(problem, "regular", random.Random(0)) == "3+5=8+7=5+2=7 \\boxed{7}"
+    assert demonstration(Problem("u", "3+5+7", "15", 2), "regular", random.Random(0)) == "3+5=8+7=15 \\boxed{15}"
+    # Voting attempts alternate between the two orders of the terms after the first.
+    assert demonstration(problem, "sv", random.Random(0), num_trials=3) == "".join(
+        f"{O}{steps} \\boxed{{7}}{C}" for steps in ("3+5=8+7=5+2=7", "3+2=5+7=2+5=7", "3+5=8+7=5+2=7"))
     text = demonstration(Problem("u", "47+85", "132", 2), "regular", random.Random(0))
     assert text == "7+5=12,4+8+1=13 \\boxed{132}"
 
 
-def test_wrong_attempts_differ_and_stay_short():
+def test_voting_demonstrations_are_right_by_default_and_slips_never_win():
     rng = random.Random(0)
     for problem in ArithmeticTask(levels=tuple(ARITHMETIC_LEVELS)).problems("train", 200, seed=0):
-        answers = parse(demonstration(problem, "sv", rng)).trial_answers
-        assert answers.count(problem.answer) == 3 and 3 <= len(answers) <= 3 + DEMO_MAX_SLIPS
+        assert parse(demonstration(problem, "sv", rng)).trial_answers == [problem.answer] * CONSENSUS
+        answers = parse(demonstration(problem, "sv", rng, num_trials=CONSENSUS + 2)).trial_answers
+        assert answers.count(problem.answer) == CONSENSUS and answers[-1] == problem.answer
 
 
 def test_demonstration_generic_problem_and_errors():

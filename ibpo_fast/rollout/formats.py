@@ -26,7 +26,6 @@ FORMATS = ("regular", "sv", "asv")
 MAX_TRIALS = 8
 CONSENSUS = 3
 HARD_LEVEL = 3  # asv demonstrations vote from this level up
-DEMO_MAX_SLIPS = 2  # voting demonstrations hold at most this many wrong trials by default (short responses)
 
 _SHORT_TAGS = {"regular": "solve", "sv": "vote", "asv": "auto"}
 _INSTRUCTIONS = {
@@ -151,32 +150,36 @@ def _column_steps(operands: list[int], rng: random.Random | None) -> tuple[str, 
     return ",".join(steps), "".join(sum_digits)[::-1]
 
 
-def _running_sums(operands: list[int], modulus: int | None, rng: random.Random | None) -> tuple[str, str]:
-    """Running sums, left to right, each reduced mod `modulus` when given: "3+5+7+2%10" -> "8,5,2" and
-    the answer 2 (one short number per step, so the chain of thought stays short). With `rng`, one
-    partial sum is off by a little and the later ones follow from it (a plausible slip)."""
-    sums, total = [], operands[0]
-    slip_step = rng.randrange(len(operands) - 1) if rng else -1
-    for step, term in enumerate(operands[1:]):
+def _running_sums(operands: list[int], modulus: int | None, rng: random.Random | None,
+                  reverse: bool) -> tuple[str, str]:
+    """Running sums, each reduced mod `modulus` when given, every step written with the term it adds:
+    "3+5+7+2%10" -> "3+5=8+7=5+2=7" and the answer 7, so each sum depends only on the two numbers just
+    before it. `reverse` adds the terms after the first from the last one back ("3+2=5+7=2+5=7"): a
+    second order whose partial sums differ, so a voting attempt cannot copy the one before it. With
+    `rng`, one partial sum is off by a little and the later ones follow from it (a plausible slip)."""
+    terms = operands[1:][::-1] if reverse else operands[1:]
+    total, steps = operands[0], [str(operands[0])]
+    slip_step = rng.randrange(len(terms)) if rng else -1
+    for step, term in enumerate(terms):
         total += term
         if step == slip_step:  # at least 3 distinct slips per step, so a vote can always be built
             total += rng.choice([d for d in (-2, -1, 1, 2, 3) if total + d >= 0])
         if modulus:
             total %= modulus
-        sums.append(str(total))
-    return ",".join(sums), str(total)
+        steps.append(f"+{term}={total}")
+    return "".join(steps), str(total)
 
 
-def _attempt(problem: Problem, rng: random.Random | None) -> str:
+def _attempt(problem: Problem, rng: random.Random | None, reverse: bool = False) -> str:
     """One attempt ending in a boxed answer; with `rng`, a wrong one. Sums of digits ("3+5+7", or mod m:
-    "3+5+7%10") get running sums, sums of larger numbers column steps; other problems (no steps known)
-    just state the answer."""
+    "3+5+7%10") get running sums (`reverse`: in the second order), sums of larger numbers column steps;
+    other problems (no steps known) just state the answer."""
     match = re.fullmatch(r"(\d+(?:\+\d+)+)(?:%(\d+))?", problem.text)
     if match:
         operands = [int(x) for x in match[1].split("+")]
         modulus = int(match[2]) if match[2] else None
         if modulus or max(operands) < 10:
-            steps, answer = _running_sums(operands, modulus, rng)
+            steps, answer = _running_sums(operands, modulus, rng, reverse)
         else:
             steps, answer = _column_steps(operands, rng)
         return f"{steps} \\boxed{{{answer}}}"
@@ -185,20 +188,19 @@ def _attempt(problem: Problem, rng: random.Random | None) -> str:
     return f"The answer is \\boxed{{{problem.answer}}}"
 
 
-def _voting_demo(problem: Problem, rng: random.Random, num_trials: int | None) -> str:
-    if num_trials is None:  # half reach consensus at once, half after 1..DEMO_MAX_SLIPS slips
-        num_trials = CONSENSUS + (rng.randint(1, DEMO_MAX_SLIPS) if rng.random() < 0.5 else 0)
+def _voting_demo(problem: Problem, rng: random.Random, num_trials: int) -> str:
     if not 1 <= num_trials <= MAX_TRIALS:
         raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
     num_wrong = max(0, num_trials - CONSENSUS)
     # The last trial completes the consensus; the other right ones fall anywhere before it.
     wrong_slots = set(rng.sample(range(num_trials - 1), num_wrong))
-    correct = _attempt(problem, None)
     trials, wrong_answers = [], Counter()
     for i in range(num_trials):
+        # Attempts alternate between the two orders of the running sums, so each one is computed afresh.
+        correct = _attempt(problem, None, reverse=i % 2 == 1)
         text = correct
         while i in wrong_slots and text == correct:
-            candidate = _attempt(problem, rng)
+            candidate = _attempt(problem, rng, reverse=i % 2 == 1)
             answer = last_boxed(candidate)
             # A slip must not win the vote: it differs from the answer and occurs at most twice.
             if answer != problem.answer and wrong_answers[answer] < CONSENSUS - 1:
@@ -211,12 +213,14 @@ def _voting_demo(problem: Problem, rng: random.Random, num_trials: int | None) -
 def demonstration(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int | None = None,
                   hard_level: int = HARD_LEVEL) -> str:
     """A response in format `fmt` whose final answer is right, for warm-up SFT. Voting demonstrations
-    include wrong attempts (one-column slips) before the consensus so the model learns to keep going
-    when attempts disagree; `num_trials` fixes their count (default: random). `asv` votes from
-    `hard_level` up and answers once below it."""
+    reach consensus at once by default (`CONSENSUS` right attempts), so the only wrong attempts the
+    model ever votes over are its own slips: demonstrated wrong attempts taught the tiny model to make
+    them, and its votes then gained little over one attempt (measured). `num_trials` above `CONSENSUS`
+    puts that many minus `CONSENSUS` wrong attempts (plausible slips) before the consensus. `asv` votes
+    from `hard_level` up and answers once below it."""
     _check_format(fmt)
     if fmt == "sv" or (fmt == "asv" and problem.level >= hard_level):
-        return _voting_demo(problem, rng, num_trials)
+        return _voting_demo(problem, rng, CONSENSUS if num_trials is None else num_trials)
     if num_trials is not None:
         raise ValueError(f"num_trials applies to voting responses only, got {num_trials} for a regular one")
     return _attempt(problem, None)

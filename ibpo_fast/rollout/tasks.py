@@ -49,7 +49,7 @@ def normalize_answer(answer: str) -> str:
 
 
 # Level -> number of terms. A problem is a start digit plus increments drawn from `STEP_TERMS`, and the
-# answer is the sum mod `MODULUS` (its last digit): "7+1+0+1%10" -> chain of thought "8,8,9", answer 9.
+# answer is the sum mod `MODULUS` (its last digit): "7+1+0+1%10" -> chain of thought "7+1=8+0=8+1=9", answer 9.
 # Every step of the chain is the same tiny table (copy, or the next digit mod 10) applied to the next
 # term, so a harder level is just a longer chain, where one sampled attempt slips more often while the
 # right answer stays the most frequent one across attempts (a vote recovers it). Measured: a from-scratch
