@@ -121,6 +121,8 @@ def bench_shape(T, H, V, repeats):
     num_tiles = -(-T // token_chunk)
     methods = {
         "native": fused_step(native, *inputs),
+        # the time / memory trade-off of the default plan: tiles bounded by the 256 MiB cap alone
+        "native, 256 MiB tiles": fused_step(NativeBackend(logits_fraction=1.0), *inputs),
         "torch": fused_step(TorchBackend(), *inputs),
         "naive": naive_step(*inputs),
         # the native plan with the tile work skipped: what no elementwise kernel can remove

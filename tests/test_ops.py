@@ -191,3 +191,13 @@ def test_weighted_loss_backward_scales_with_the_incoming_gradient():
         grads.append(torch.autograd.grad(loss * scale, [case.hidden, case.weight]))
     for unit, scaled in zip(*grads):
         torch.testing.assert_close(scaled, -2.5 * unit)
+
+
+def test_default_plan_bounds_the_workspace():
+    backend = TorchBackend()
+    for rows, vocab in ((4096, 32000), (1024, 128256), (100_000, 128256), (300, 50), (1, 7)):
+        token_chunk, vocab_chunk = backend.plan(rows, vocab)
+        assert vocab_chunk == vocab and 1 <= token_chunk <= rows
+        workspace = 4 * token_chunk * vocab
+        assert workspace <= backend.workspace_bytes
+        assert workspace <= 0.2 * 4 * rows * vocab or token_chunk == min(rows, backend.min_token_chunk)

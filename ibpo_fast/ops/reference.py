@@ -51,18 +51,23 @@ class TorchChunkKernels:
 
 @dataclass(frozen=True)
 class TorchBackend:
-    """Chunk sizes default to the largest tile that fits ``workspace_bytes`` with the whole vocabulary in one
-    tile (then the weighted loss needs a single pass: about 6·H·V flops per row)."""
+    """Chunk sizes default to the whole vocabulary in one tile (then the weighted loss needs a single pass:
+    about 6·H·V flops per row) and as many rows as fit the smaller of ``workspace_bytes`` and
+    ``logits_fraction`` of the full f32 logits: on a small batch a workspace as large as the logits would
+    save nothing over materialising them. Tiles keep at least ``min_token_chunk`` rows (GEMM efficiency)."""
 
     token_chunk: int | None = None
     vocab_chunk: int | None = None
     workspace_bytes: int = 256 << 20
+    logits_fraction: float = 0.2
+    min_token_chunk: int = 64
     kernels: object = field(default_factory=TorchChunkKernels)
     name: str = "torch"
 
     def plan(self, num_rows: int, vocab: int) -> tuple[int, int]:
         vocab_chunk = min(self.vocab_chunk or vocab, vocab)
-        token_chunk = self.token_chunk or max(1, self.workspace_bytes // (4 * vocab_chunk))
+        budget = min(self.workspace_bytes, int(self.logits_fraction * 4 * num_rows * vocab))
+        token_chunk = self.token_chunk or max(self.min_token_chunk, budget // (4 * vocab_chunk))
         return max(1, min(token_chunk, num_rows)), vocab_chunk
 
     @staticmethod
