@@ -29,6 +29,10 @@ def test_train_plot_eval(tmp_path):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert set(result["levels"]) == {"1", "2", "3"}
     assert {"accuracy", "extended_share", "tokens_per_problem"} <= set(result["levels"]["1"])
+    forced = tmp_path / "eval_regular.json"
+    assert main(["eval", f"--checkpoint={tmp_path}", "--problems_per_level=2", "--max_new_tokens=16",
+                 "--prompt_format=regular", f"--out={forced}"]) == 0
+    assert json.loads(forced.read_text())["prompt_format"] == "regular"
 
 
 def test_console_script_and_module_entry_points():

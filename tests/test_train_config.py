@@ -44,3 +44,5 @@ def test_unknown_keys_and_missing_values_raise():
         load_config(TrainConfig, preset="nope")
     with pytest.raises(ValueError):
         EvalConfig(problems_per_level=0)
+    with pytest.raises(ValueError, match="prompt_format"):
+        EvalConfig(prompt_format="cot")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from ibpo_fast.rollout.formats import FORMATS
+
 # The presets live in the top-level configs/ of a source checkout; the package build installs a copy into
 # ibpo_fast/configs for installed packages.
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -149,6 +151,9 @@ class EvalConfig:
     """Sampling temperature."""
     seed: int = 1234
     """Test problem and sampling seed."""
+    prompt_format: str = "asv"
+    """The prompt the model answers: "asv" (it chooses, as trained), "regular" or "sv" (forced): comparing
+    the forced two says how much a vote gains over one attempt."""
     out: str = ""
     """JSON file for the result ("": `checkpoint`/eval.json)."""
     device: str = "auto"
@@ -159,6 +164,8 @@ class EvalConfig:
             raise ValueError("problems_per_level and samples_per_problem must be >= 1")
         if self.max_new_tokens < 0 or not self.temperature > 0:
             raise ValueError("max_new_tokens must be >= 0 and temperature > 0")
+        if self.prompt_format not in FORMATS:
+            raise ValueError(f"prompt_format must be one of {FORMATS}, got {self.prompt_format!r}")
 
 
 def _preset_values(preset: str | None) -> dict:

@@ -1,7 +1,7 @@
 """`ibpo-fast eval`: accuracy, extended share and inference cost of a trained model, per difficulty level.
 
 The model answers held-out test problems with the prompt it was trained with (the ASV "auto" prompt:
-it chooses regular or voting itself). Inference cost = mean generated tokens per problem (over all its
+it chooses regular or voting itself), or with a forced format (`prompt_format`). Inference cost = mean generated tokens per problem (over all its
 samples), also given relative to the mean length of the regular-format responses in the same eval
 (the paper's "x regular" budgets).
 """
@@ -50,7 +50,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
     sampler = HFSampler(model, tokenizer, max_new_tokens=ecfg.max_new_tokens or cfg.max_new_tokens,
                         temperature=ecfg.temperature, batch_size=cfg.generate_batch, progress=True)
     problems = test_problems(cfg, ecfg)
-    prompts = encode_prompts(tokenizer, [prompt_text(p, "asv", verbose=cfg.verbose_prompts) for p in problems])
+    prompts = encode_prompts(tokenizer, [prompt_text(p, ecfg.prompt_format, verbose=cfg.verbose_prompts) for p in problems])
     rollouts = sampler.generate(prompts, ecfg.samples_per_problem, seed=ecfg.seed)
     owners = [problems[r.prompt_index] for r in rollouts]
     scores = Grader(task).score(owners, [r.text for r in rollouts])
@@ -59,7 +59,8 @@ def evaluate(ecfg: EvalConfig) -> dict:
     tokens = np.array([len(r.response_ids) for r in rollouts], np.float64)
     level = np.array([p.level for p in owners])
     regular_tokens = tokens[scores.num_trials == 0].mean() if (scores.num_trials == 0).any() else float("nan")
-    result = {"checkpoint": str(ecfg.checkpoint), "mode": cfg.mode, "q": cfg.budget, "samples": len(rollouts),
+    result = {"checkpoint": str(ecfg.checkpoint), "mode": cfg.mode, "q": cfg.budget, "prompt_format": ecfg.prompt_format,
+              "samples": len(rollouts),
               "accuracy": float(correct.mean()), "extended_share": float(extended.mean()),
               "tokens_per_problem": float(tokens.mean()), "cost_vs_regular": float(tokens.mean() / regular_tokens),
               "levels": {}}
