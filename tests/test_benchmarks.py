@@ -61,8 +61,9 @@ def test_cpu_suite_refuses_cuda(tmp_path):
         main(["ilp", "--device", "cuda", "--out", str(tmp_path)])
 
 
-def test_gpu_check_script_parses():
-    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=True)
+@pytest.mark.parametrize("script", ["gpu_check.sh", "tiny_results.sh"])
+def test_shell_scripts_parse(script):
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)], check=True)
 
 
 def test_kernels_triton_rows_under_the_interpreter(tmp_path):
