@@ -132,3 +132,16 @@ def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, one_thread):
     for name in ("warmup.jsonl", "metrics.jsonl"):
         whole, cut = _lines(tmp_path / "whole" / name), _lines(tmp_path / "cut" / name)
         assert [{k: r.get(k) for k in DETERMINISTIC} for r in cut] == [{k: r.get(k) for k in DETERMINISTIC} for r in whole]
+
+
+def test_init_from_model_or_checkpoint_starts_from_those_weights(tmp_path):
+    train(TrainConfig(**{**SMALL, "steps": 0}, out=str(tmp_path / "source")))
+    source = torch.load(tmp_path / "source" / "model.pt", weights_only=False)["model"]
+    for name in ("model.pt", "checkpoint.pt"):
+        out = tmp_path / name
+        # no step at all: the saved model is the one init_from loaded
+        train(TrainConfig(**{**SMALL, "warmup_steps": 0, "steps": 0}, init_from=str(tmp_path / "source" / name),
+                          out=str(out)))
+        loaded = torch.load(out / "model.pt", weights_only=False)["model"]
+        assert loaded.keys() == source.keys()
+        assert all(torch.equal(loaded[key], source[key]) for key in source)

@@ -1,7 +1,7 @@
 """Tasks: where problems come from and how an answer is checked, behind one small interface.
 
 - `ArithmeticTask`: procedural running sums mod 10 with difficulty levels, no dependency. It is the task
-  of the tiny embedded default (a ~0.15M-parameter char-level model trained from scratch on a CPU in
+  of the tiny embedded default (a ~0.14M-parameter char-level model trained from scratch on a CPU in
   minutes), so problems and chains of thought are very short; harder levels are longer chains of the
   same step, so one attempt slips more often and a vote over attempts helps.
 - `ReasoningGymTask`: any procedural dataset of `reasoning_gym` (optional extra `tasks`).

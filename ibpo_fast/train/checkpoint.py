@@ -61,7 +61,7 @@ def save(out: Path, *, policy, optimizer, buffer, step: int, cfg, world: World) 
 
 def load(out: Path, *, policy, optimizer, buffer) -> int:
     """Restore everything `save` wrote (every rank reads the file); returns the step to run next."""
-    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
+    state = load_file(out / CHECKPOINT)
     set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
                    options=StateDictOptions(full_state_dict=True))
     buffer.load_state_dict(state["buffer"])
@@ -73,14 +73,19 @@ def save_model(out: Path, *, policy, cfg, world: World) -> None:
     """Collective: the trained weights and the config, for `ibpo-fast eval`."""
     weights = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world.is_main:
-        weights = {key.removeprefix("model."): value for key, value in weights.items()}
-        _atomic_save({"config": dataclasses.asdict(cfg), "model": weights}, out / MODEL)
+        _atomic_save({"config": dataclasses.asdict(cfg), "model": _bare(weights)}, out / MODEL)
 
 
-def model_weights(path: str | Path) -> dict:
-    """The bare model's state dict from a model.pt or a checkpoint.pt (whose keys carry the `Policy`
-    wrapper's "model." prefix)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if "step" not in state:
-        return state["model"]
-    return {key.removeprefix("model."): value for key, value in state["model"].items()}
+def _bare(policy_weights: dict) -> dict:
+    """The model's own state dict from the `Policy` wrapper's (keys prefixed "model.")."""
+    return {key.removeprefix("model."): value for key, value in policy_weights.items()}
+
+
+def load_file(path: str | Path) -> dict:
+    """A model.pt or checkpoint.pt as saved (on the CPU)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def model_weights(state: dict) -> dict:
+    """The bare model's state dict from a loaded model.pt or checkpoint.pt (`load_file`)."""
+    return state["model"] if "step" not in state else _bare(state["model"])

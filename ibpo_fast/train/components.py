@@ -53,7 +53,7 @@ def build(cfg: TrainConfig) -> Run:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     model, tokenizer = load_model(cfg.model, dtype=dtype, device=world.device, seed=cfg.seed)
     if cfg.init_from:
-        model.load_state_dict(checkpoint.model_weights(cfg.init_from))
+        model.load_state_dict(checkpoint.model_weights(checkpoint.load_file(cfg.init_from)))
     if world.device.type == "cuda" and dtype != torch.float32 and importlib.util.find_spec("flash_attn"):
         # One packed row, sequences told apart by position_ids (varlen kernels); untested here (no GPU).
         model.set_attn_implementation("flash_attention_2")

@@ -1,9 +1,9 @@
 """`ibpo-fast eval`: accuracy, extended share and inference cost of a trained model, per difficulty level.
 
 The model answers held-out test problems with the prompt it was trained with (the ASV "auto" prompt:
-it chooses regular or voting itself), or with a forced format (`prompt_format`). Inference cost = mean generated tokens per problem (over all its
-samples), also given relative to the mean length of the regular-format responses in the same eval
-(the paper's "x regular" budgets).
+it chooses regular or voting itself), or with a forced format (`prompt_format`). Inference cost = mean
+generated tokens per problem (over all its samples), also given relative to the mean length of the
+regular-format responses in the same eval (the paper's "x regular" budgets).
 """
 from __future__ import annotations
 
@@ -26,19 +26,19 @@ def load_trained(path: str, device: torch.device):
     file = file / checkpoint.MODEL if file.is_dir() else file
     if not file.is_file():
         raise ValueError(f"checkpoint: no model file {str(file)!r} (train to the end first)")
-    state = torch.load(file, map_location="cpu", weights_only=False)
+    state = checkpoint.load_file(file)
     cfg = TrainConfig(**state["config"])
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
     model, tokenizer = load_model(cfg.model, dtype=dtype, device=device, seed=cfg.seed)
-    model.load_state_dict(checkpoint.model_weights(file))
+    model.load_state_dict(checkpoint.model_weights(state))
     return model.eval(), tokenizer, cfg
 
 
-def test_problems(cfg: TrainConfig, ecfg: EvalConfig) -> list:
+def test_problems(task, cfg: TrainConfig, ecfg: EvalConfig) -> list:
     """`problems_per_level` test problems of each level for the arithmetic task; other tasks have no
-    level control: problems_per_level · len(levels) problems, reported by the level they carry."""
+    level control: problems_per_level · len(levels) problems of `task`, reported by the level they carry."""
     if cfg.task != "arithmetic":
-        return make_task(cfg.task).problems("test", ecfg.problems_per_level * len(cfg.levels), seed=ecfg.seed)
+        return task.problems("test", ecfg.problems_per_level * len(cfg.levels), seed=ecfg.seed)
     return [problem for level in cfg.levels
             for problem in make_task("arithmetic", [level]).problems("test", ecfg.problems_per_level, seed=ecfg.seed)]
 
@@ -49,7 +49,7 @@ def evaluate(ecfg: EvalConfig) -> dict:
     task = make_task(cfg.task, cfg.levels)
     sampler = HFSampler(model, tokenizer, max_new_tokens=ecfg.max_new_tokens or cfg.max_new_tokens,
                         temperature=ecfg.temperature, batch_size=cfg.generate_batch, progress=True)
-    problems = test_problems(cfg, ecfg)
+    problems = test_problems(task, cfg, ecfg)
     prompts = encode_prompts(tokenizer, [prompt_text(p, ecfg.prompt_format, verbose=cfg.verbose_prompts) for p in problems])
     rollouts = sampler.generate(prompts, ecfg.samples_per_problem, seed=ecfg.seed)
     owners = [problems[r.prompt_index] for r in rollouts]
