@@ -41,12 +41,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import peak_memory, plot_lines, plots_available, save_partial, write_results
-from ibpo_fast import budget, grouping, ops
+from ibpo_fast import budget, grouping
 from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model, trial_marker_ids
 from ibpo_fast.packing import pack
 from ibpo_fast.rollout import ArithmeticTask, Grader, HFSampler, demonstration, prompt_text
 from ibpo_fast.train.policy import Policy, RowBatch, uses_flash_attention
-from ibpo_fast.train.step import optimizer_step
+from ibpo_fast.train.phases import optimizer_step
 
 BUDGETS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROLLOUT_PHASES = ("generate", "grade", "group", "ilp", "pack")

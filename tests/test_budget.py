@@ -126,8 +126,8 @@ def test_degenerate_batches():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(rewards=[np.nan, 1.0]), "rewards"),
-    (dict(rewards=[np.inf, 1.0]), "rewards"),
+    (dict(utilities=[np.nan, 1.0]), "utilities"),
+    (dict(utilities=[np.inf, 1.0]), "utilities"),
     (dict(q=1.5), "q"),
     (dict(q=-0.1), "q"),
     (dict(q=float("nan")), "q"),
@@ -139,11 +139,11 @@ def test_degenerate_batches():
     (dict(time_limit=0), "time_limit"),
 ])
 def test_bad_input_raises(kwargs, match):
-    args = dict(rewards=[1.0, 0.0], groups=[0, 1], prompt_index=[0, 1], q=0.5)
+    args = dict(utilities=[1.0, 0.0], groups=[0, 1], prompt_index=[0, 1], q=0.5)
     args.update({k: v for k, v in kwargs.items() if k in args})
     options = {k: v for k, v in kwargs.items() if k not in args}
     with pytest.raises(ValueError, match=match):
-        budget.solve(args["rewards"], args["groups"], args["prompt_index"], args["q"], **options)
+        budget.solve(args["utilities"], args["groups"], args["prompt_index"], args["q"], **options)
 
 
 def test_exact_refuses_what_it_cannot_certify():

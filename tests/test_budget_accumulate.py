@@ -14,8 +14,8 @@ def test_window_keeps_last_steps_and_renumbers_prompts():
     buffer = budget.SampleBuffer(num_steps=2)
     for t in range(3):
         buffer.push(np.full(2, float(t)), np.array([0, 1]), np.array([10, 10]))  # same local id each step
-    rewards, groups, prompts = buffer.window()
-    assert rewards.tolist() == [1, 1, 2, 2]  # step 0 forgotten
+    utilities, groups, prompts = buffer.window()
+    assert utilities.tolist() == [1, 1, 2, 2]  # step 0 forgotten
     assert prompts.tolist() == [1, 1, 2, 2]  # every (step, prompt) is its own prompt row
     assert (buffer.steps_pushed, buffer.samples_pushed, buffer.prompts_pushed, len(buffer)) == (3, 6, 3, 4)
 
@@ -56,7 +56,7 @@ def test_empty_buffer_and_bad_input():
     assert newest.shape == (0,) and selection.status == "optimal"
     with pytest.raises(ValueError, match="num_steps"):
         budget.SampleBuffer(num_steps=0)
-    with pytest.raises(ValueError, match="rewards"):
+    with pytest.raises(ValueError, match="utilities"):
         buffer.push([np.nan], [0], [0])
     with pytest.raises(ValueError, match="state"):
         buffer.load_state_dict({"num_steps": 1})

@@ -5,7 +5,6 @@ steps check sharded sampling (`generate_prompts=1` seeds every prompt alike), th
 ILP and the sampler replica. Losses match to float rounding (gradients are reduced in another order).
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,7 +1,6 @@
-"""The trainer's loop on the tiny model: odd batches behave as documented in `train/step.py`, and a
+"""The trainer's loop on the tiny model: odd batches behave as documented in `train/phases.py`, and a
 run killed with Ctrl-C resumes to the same metrics as an uninterrupted one."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from ibpo_fast.models import char_tokenizer, tiny_model
 from ibpo_fast.rollout import ArithmeticTask, Problem, Rollout
 from ibpo_fast.train import TrainConfig, train
 from ibpo_fast.train.config import load_config
-from ibpo_fast.train import step as phases
+from ibpo_fast.train import phases
 from ibpo_fast.train.distributed import World
 from ibpo_fast.train.policy import Policy
 
@@ -56,9 +55,9 @@ def test_zero_budget_with_only_extended_correct_selects_nothing():
     for q, selected in ((0.0, 0), (0.5, 1)):
         samples = _samples([0, 1, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], tokenizer)
         cfg = TrainConfig(q=q)
-        every, selection = phases.select(WORLD, samples, budget.SampleBuffer(1), cfg)
-        assert int(every["weight"].sum()) == selected and selection.status == "optimal"
-        figures = phases.update(policy, samples, every["weight"], every["tokens"], WORLD, cfg)
+        gathered, selection = phases.select(WORLD, samples, budget.SampleBuffer(1), cfg)
+        assert int(gathered["weight"].sum()) == selected and selection.status == "optimal"
+        figures = phases.update(policy, samples, gathered["weight"], gathered["tokens"], WORLD, cfg)
         assert figures["skipped"] == (selected == 0)
         assert (float(figures["loss"]) == 0.0) == (selected == 0)
         policy.zero_grad()
@@ -145,3 +144,13 @@ def test_init_from_model_or_checkpoint_starts_from_those_weights(tmp_path):
         loaded = torch.load(out / "model.pt", weights_only=False)["model"]
         assert loaded.keys() == source.keys()
         assert all(torch.equal(loaded[key], source[key]) for key in source)
+
+
+def test_any_seed_runs(tmp_path):
+    # seeds were once multiplied into int64 overflow from seed 19 on; one helper derives them all now
+    from ibpo_fast.seeding import derive_seed
+    assert len({derive_seed(seed, "data", step) for seed in (0, 19, 2**62, 10**30) for step in (0, 1)}) == 8
+    with pytest.raises(ValueError, match="seed"):
+        derive_seed(-1)
+    train(TrainConfig(**{**SMALL, "warmup_steps": 1, "steps": 1}, seed=10**12, out=str(tmp_path)))
+    assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == [0]

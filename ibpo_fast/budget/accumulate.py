@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .problem import check_samples
+from .ilp import check_samples
 from .solve import Selection, solve
 
 
@@ -29,27 +29,27 @@ class SampleBuffer:
         if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
         self.num_steps = int(num_steps)
-        self._steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rewards, groups, prompts)
+        self._steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (utilities, groups, prompts)
         self.steps_pushed = 0
         self.samples_pushed = 0
         self.prompts_pushed = 0  # also the next free prompt id
 
     def __len__(self) -> int:
-        return sum(len(rewards) for rewards, _, _ in self._steps)
+        return sum(len(utilities) for utilities, _, _ in self._steps)
 
-    def push(self, rewards, groups, prompt_index) -> None:
+    def push(self, utilities, groups, prompt_index) -> None:
         """Add one step's scored samples (prompt ids local to the step), forgetting the oldest step."""
-        rewards, groups, prompt_index = check_samples(rewards, groups, prompt_index)
+        utilities, groups, prompt_index = check_samples(utilities, groups, prompt_index)
         _, local = np.unique(prompt_index, return_inverse=True)
         num_prompts = int(local.max()) + 1 if len(local) else 0
-        self._steps.append((rewards, groups, local.ravel().astype(np.int64) + self.prompts_pushed))
+        self._steps.append((utilities, groups, local.ravel().astype(np.int64) + self.prompts_pushed))
         del self._steps[:-self.num_steps]
         self.steps_pushed += 1
-        self.samples_pushed += len(rewards)
+        self.samples_pushed += len(utilities)
         self.prompts_pushed += num_prompts
 
     def window(self):
-        """(rewards, groups, prompt ids) of every held sample, oldest step first; each [len(self)]."""
+        """(utilities, groups, prompt ids) of every held sample, oldest step first; each [len(self)]."""
         if not self._steps:
             return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
         return tuple(np.concatenate(column) for column in zip(*self._steps))
@@ -63,7 +63,7 @@ class SampleBuffer:
     def state_dict(self) -> dict:
         return {
             "num_steps": self.num_steps,
-            "steps": [{"rewards": r.copy(), "groups": g.copy(), "prompts": p.copy()} for r, g, p in self._steps],
+            "steps": [{"utilities": r.copy(), "groups": g.copy(), "prompts": p.copy()} for r, g, p in self._steps],
             "steps_pushed": self.steps_pushed,
             "samples_pushed": self.samples_pushed,
             "prompts_pushed": self.prompts_pushed,
@@ -74,7 +74,7 @@ class SampleBuffer:
         if missing:
             raise ValueError(f"state is missing {sorted(missing)}")
         self.__init__(state["num_steps"])
-        self._steps = [check_samples(s["rewards"], s["groups"], s["prompts"]) for s in state["steps"]]
+        self._steps = [check_samples(s["utilities"], s["groups"], s["prompts"]) for s in state["steps"]]
         self.steps_pushed = int(state["steps_pushed"])
         self.samples_pushed = int(state["samples_pushed"])
         self.prompts_pushed = int(state["prompts_pushed"])

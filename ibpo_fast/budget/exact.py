@@ -2,7 +2,7 @@
 
 Why sorting is enough. Every column of the constraint matrix has at most one 1 among the prompt rows
 (they partition the samples) and at most one among the budget rows (each sample has one group), so the
-matrix is the incidence matrix of a bipartite graph: totally unimodular, for any K. The problem is a
+matrix is the incidence matrix of a bipartite graph: totally unimodular, for any K. The ILP is a
 max-weight flow (source -> group k, capacity B_k -> sample -> prompt p, capacity m -> sink) and the
 exact cases below are sort-based greedy solutions of it:
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .problem import Problem
+from .ilp import Ilp
 
 
 def rank_in_segment(segment, values, groups, num_segments):
@@ -82,31 +82,31 @@ def _one_budget_row(u, g, p, num_prompts, m, budget):
     return rank < limit, np.array([price])
 
 
-def solve_exact(problem: Problem):
+def solve_exact(ilp: Ilp):
     """(selected [N] bool, prices [K-1] float64), or None where no exact path applies (see above)."""
-    keep = np.flatnonzero(problem.utilities > 0)
-    u, g, p = problem.utilities[keep], problem.groups[keep], problem.prompts[keep]
-    m, num_groups = problem.max_per_prompt, problem.num_groups
+    keep = np.flatnonzero(ilp.utilities > 0)
+    u, g, p = ilp.utilities[keep], ilp.groups[keep], ilp.prompts[keep]
+    m, num_groups = ilp.max_per_prompt, ilp.num_groups
     if m is None:
-        chosen, prices = _independent_groups(u, g, num_groups, problem.budgets)
+        chosen, prices = _independent_groups(u, g, num_groups, ilp.budgets)
     elif num_groups == 2:
-        chosen, prices = _one_budget_row(u, g, p, problem.num_prompts, m, int(problem.budgets[0]))
+        chosen, prices = _one_budget_row(u, g, p, ilp.num_prompts, m, int(ilp.budgets[0]))
     else:
-        chosen = _top_per_prompt(u, g, p, problem.num_prompts, m)
-        if np.any(np.bincount(g[chosen], minlength=num_groups)[1:] > problem.budgets):
+        chosen = _top_per_prompt(u, g, p, ilp.num_prompts, m)
+        if np.any(np.bincount(g[chosen], minlength=num_groups)[1:] > ilp.budgets):
             return None
         prices = np.zeros(num_groups - 1)
-    selected = np.zeros(problem.num_samples, bool)
+    selected = np.zeros(ilp.num_samples, bool)
     selected[keep[chosen]] = True
     return selected, prices
 
 
-def lagrangian_bound(problem: Problem, prices) -> float:
+def lagrangian_bound(ilp: Ilp, prices) -> float:
     """L(prices) above: an upper bound on the optimum for any prices ≥ 0."""
     prices = np.asarray(prices, np.float64)
-    values = problem.utilities - np.concatenate(([0.0], prices))[problem.groups]
+    values = ilp.utilities - np.concatenate(([0.0], prices))[ilp.groups]
     keep = values > 0
-    v, g, p = values[keep], problem.groups[keep], problem.prompts[keep]
-    if problem.max_per_prompt is not None:
-        v = v[_top_per_prompt(v, g, p, problem.num_prompts, problem.max_per_prompt)]
-    return float(v.sum() + prices @ problem.budgets)
+    v, g, p = values[keep], ilp.groups[keep], ilp.prompts[keep]
+    if ilp.max_per_prompt is not None:
+        v = v[_top_per_prompt(v, g, p, ilp.num_prompts, ilp.max_per_prompt)]
+    return float(v.sum() + prices @ ilp.budgets)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import grouping
 from .exact import rank_in_segment
-from .problem import Problem
+from .ilp import Ilp
 
 _STATUS = {
     highspy.HighsModelStatus.kOptimal: "optimal",
@@ -35,14 +35,14 @@ _STATUS = {
 }  # anything else (load, model, presolve, solve errors, unbounded, unknown) maps to "error"
 
 
-def _rows(u, g, p, problem: Problem):
+def _rows(u, g, p, ilp: Ilp):
     """CSR rows and their upper bounds: prompt rows (with a cap), then one budget row per costly group."""
-    stats = grouping.statistics(g, u, p, problem.num_groups, num_prompts=problem.num_prompts)
+    stats = grouping.statistics(g, u, p, ilp.num_groups, num_prompts=ilp.num_prompts)
     indptr, indices = stats.row_indptr, stats.row_indices
-    if problem.max_per_prompt is None:
-        start = indptr[problem.num_prompts]
-        return indptr[problem.num_prompts:] - start, indices[start:], problem.budgets.astype(np.float64)
-    upper = np.concatenate((np.full(problem.num_prompts, float(problem.max_per_prompt)), problem.budgets))
+    if ilp.max_per_prompt is None:
+        start = indptr[ilp.num_prompts]
+        return indptr[ilp.num_prompts:] - start, indices[start:], ilp.budgets.astype(np.float64)
+    upper = np.concatenate((np.full(ilp.num_prompts, float(ilp.max_per_prompt)), ilp.budgets))
     return indptr, indices, upper
 
 
@@ -70,22 +70,22 @@ def _run(u, indptr, indices, row_upper, time_limit):
     return chosen, _STATUS.get(highs.getModelStatus(), "error"), info.mip_dual_bound
 
 
-def _canonical_ties(chosen, u, g, p, problem: Problem):
+def _canonical_ties(chosen, u, g, p, ilp: Ilp):
     """The tie post-pass of the module docstring; chosen [n] bool -> [n] bool."""
-    cells = p * problem.num_groups + g
-    num_cells = problem.num_prompts * problem.num_groups
+    cells = p * ilp.num_groups + g
+    num_cells = ilp.num_prompts * ilp.num_groups
     chosen = rank_in_segment(cells, u, g, num_cells)[0] < np.bincount(cells[chosen], minlength=num_cells)[cells]
-    if problem.max_per_prompt is None or not chosen.any():
+    if ilp.max_per_prompt is None or not chosen.any():
         return chosen
-    width = min(problem.max_per_prompt, int(np.bincount(p).max()))
+    width = min(ilp.max_per_prompt, int(np.bincount(p).max()))
     spare, costly = np.flatnonzero((g == 0) & ~chosen), np.flatnonzero((g > 0) & chosen)
-    spare_rank = rank_in_segment(p[spare], u[spare], g[spare], problem.num_prompts)[0]
+    spare_rank = rank_in_segment(p[spare], u[spare], g[spare], ilp.num_prompts)[0]
     spare, spare_rank = spare[spare_rank < width], spare_rank[spare_rank < width]
     # costly picks from the worst up (lowest utility, then dearest group)
-    costly_rank = rank_in_segment(p[costly], -u[costly], -g[costly], problem.num_prompts)[0]
-    best_spare = np.full((problem.num_prompts, width), -np.inf)
+    costly_rank = rank_in_segment(p[costly], -u[costly], -g[costly], ilp.num_prompts)[0]
+    best_spare = np.full((ilp.num_prompts, width), -np.inf)
     best_spare[p[spare], spare_rank] = u[spare]
-    worst_costly = np.full((problem.num_prompts, width), np.inf)
+    worst_costly = np.full((ilp.num_prompts, width), np.inf)
     worst_costly[p[costly], costly_rank] = u[costly]
     # pairing the i-th best spare with the i-th worst costly: the swaps form a prefix of each row
     swap = best_spare >= worst_costly  # [P, width]
@@ -94,13 +94,13 @@ def _canonical_ties(chosen, u, g, p, problem: Problem):
     return chosen
 
 
-def solve_highs(problem: Problem, time_limit=None):
+def solve_highs(ilp: Ilp, time_limit=None):
     """(selected [N] bool, upper bound, status) from HiGHS's MIP solver plus the tie post-pass."""
-    keep = np.flatnonzero(problem.utilities > 0)
-    selected = np.zeros(problem.num_samples, bool)
+    keep = np.flatnonzero(ilp.utilities > 0)
+    selected = np.zeros(ilp.num_samples, bool)
     if len(keep) == 0:
         return selected, 0.0, "optimal"
-    u, g, p = problem.utilities[keep], problem.groups[keep], problem.prompts[keep]
-    chosen, status, bound = _run(u, *_rows(u, g, p, problem), time_limit)
-    selected[keep[_canonical_ties(chosen, u, g, p, problem)]] = True
+    u, g, p = ilp.utilities[keep], ilp.groups[keep], ilp.prompts[keep]
+    chosen, status, bound = _run(u, *_rows(u, g, p, ilp), time_limit)
+    selected[keep[_canonical_ties(chosen, u, g, p, ilp)]] = True
     return selected, float(bound), status

@@ -23,7 +23,7 @@ import numpy as np
 
 from .exact import lagrangian_bound, solve_exact
 from .highs import solve_highs
-from .problem import make_problem
+from .ilp import make_ilp
 
 METHODS = ("auto", "exact", "highs")
 
@@ -41,16 +41,16 @@ class Selection:
     solve_seconds: float  # wall time of the whole call, validation included
 
 
-def _certify(problem, prices, objective):
-    bound = lagrangian_bound(problem, prices)
-    scale = 1.0 + np.abs(problem.utilities).sum()
+def _certify(ilp, prices, objective):
+    bound = lagrangian_bound(ilp, prices)
+    scale = 1.0 + np.abs(ilp.utilities).sum()
     return bound, "optimal" if bound <= objective + 1e-9 * scale else "uncertified"
 
 
-def solve(rewards, groups, prompt_index, q, *, max_per_prompt=None, method="auto", time_limit=None) -> Selection:
-    """Choose 0/1 weights maximising Σ w_i · rewards_i within the budget (see `problem.py`).
+def solve(utilities, groups, prompt_index, q, *, max_per_prompt=None, method="auto", time_limit=None) -> Selection:
+    """Choose 0/1 weights maximising Σ w_i · utilities_i within the budget (see `ilp.py`).
 
-    rewards: [N] utilities (rewards, or `utilities(..., kind="margin")`); groups: [N] ints in [0, K);
+    utilities: [N] (from `utilities(rewards, ..., kind=...)`); groups: [N] ints in [0, K);
     prompt_index: [N] any integer prompt ids; q: a float (K = 2) or K-1 values in [0, 1];
     max_per_prompt: m, or None for no per-prompt rows; method: "exact" (ValueError where it does not
     apply), "highs", or "auto" (exact where it applies, else HiGHS); time_limit: HiGHS seconds.
@@ -60,29 +60,29 @@ def solve(rewards, groups, prompt_index, q, *, max_per_prompt=None, method="auto
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if time_limit is not None and not time_limit > 0:
         raise ValueError(f"time_limit must be positive seconds or None, got {time_limit!r}")
-    problem = make_problem(rewards, groups, prompt_index, q, max_per_prompt)
-    exact = solve_exact(problem) if method != "highs" else None
+    ilp = make_ilp(utilities, groups, prompt_index, q, max_per_prompt)
+    exact = solve_exact(ilp) if method != "highs" else None
     if exact is not None:
         selected, prices = exact
-        objective = float(problem.utilities[selected].sum())
-        bound, status = _certify(problem, prices, objective)
+        objective = float(ilp.utilities[selected].sum())
+        bound, status = _certify(ilp, prices, objective)
         used = "exact"
     elif method == "exact":
         raise ValueError("method='exact' applies without max_per_prompt, with one costly group, or when no "
                          "budget row binds; use method='highs' or 'auto'")
     else:
-        selected, bound, status = solve_highs(problem, time_limit)
-        objective = float(problem.utilities[selected].sum())
+        selected, bound, status = solve_highs(ilp, time_limit)
+        objective = float(ilp.utilities[selected].sum())
         used = "highs"
-    per_group = np.bincount(problem.groups[selected], minlength=problem.num_groups).astype(np.float64)
+    per_group = np.bincount(ilp.groups[selected], minlength=ilp.num_groups).astype(np.float64)
     return Selection(
         weights=selected.astype(np.float32),
         objective=objective,
         upper_bound=bound,
         status=status,
         method=used,
-        budgets=problem.budgets,
-        group_share=per_group / max(problem.capacity, 1),
+        budgets=ilp.budgets,
+        group_share=per_group / max(ilp.capacity, 1),
         group_density_selected=per_group / max(per_group.sum(), 1.0),
         solve_seconds=time.perf_counter() - start,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .problem import check_samples
+from .ilp import check_samples
 
 KINDS = ("reward", "margin")
 

@@ -22,6 +22,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
+from ibpo_fast.seeding import derive_seed
+
 
 @dataclass(frozen=True)
 class Rollout:
@@ -83,7 +85,7 @@ class HFSampler:
         cuda_devices = [self.model.device] if self.model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda_devices):
             for batch_index, start in enumerate(tqdm(starts, desc="generate", disable=not self.progress)):
-                torch.manual_seed(seed * 1_000_003 + batch_index)
+                torch.manual_seed(derive_seed(seed, batch_index))
                 batch = jobs[start: start + self.batch_size]
                 rollouts += self._generate_batch(batch, [prompt_ids[p] for p in batch])
         return rollouts

@@ -126,6 +126,7 @@ class TrainConfig:
             (self.lr > 0 and self.warmup_lr > 0, "lr", "> 0 (and warmup_lr too)"),
             (self.max_row_tokens >= 1 and self.checkpoint_every >= 0, "max_row_tokens", ">= 1, checkpoint_every >= 0"),
             (self.stop_after >= 0, "stop_after", ">= 0"),
+            (self.seed >= 0, "seed", ">= 0"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -164,6 +165,8 @@ class EvalConfig:
             raise ValueError("problems_per_level and samples_per_problem must be >= 1")
         if self.max_new_tokens < 0 or not self.temperature > 0:
             raise ValueError("max_new_tokens must be >= 0 and temperature > 0")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.prompt_format not in FORMATS:
             raise ValueError(f"prompt_format must be one of {FORMATS}, got {self.prompt_format!r}")
 

@@ -18,7 +18,8 @@ import signal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ibpo_fast.train import checkpoint, distributed, step as phases
+from ibpo_fast.seeding import derive_seed
+from ibpo_fast.train import checkpoint, distributed, phases
 from ibpo_fast.train.components import Run, build
 from ibpo_fast.train.config import TrainConfig
 from ibpo_fast.train.metrics import PhaseTimer, rollout_record
@@ -85,10 +86,10 @@ def rl_step(run: Run, step: int) -> dict:
     with timer("group"):
         phases.assign_groups(samples, run.marker, cfg.extended_trials)
     with timer("ilp"):
-        every, selection = phases.select(world, samples, run.buffer, cfg)
-    figures = _update(run, samples, every["weight"], every["tokens"], cfg.lr, timer)
-    record = {"q": cfg.budget, "mode": cfg.mode, **figures, **rollout_record(every, selection, cfg)}
-    return {**record, "tokens_per_s": float(every["tokens"].sum()) / sum(timer.seconds.values()),
+        gathered, selection = phases.select(world, samples, run.buffer, cfg)
+    figures = _update(run, samples, gathered["weight"], gathered["tokens"], cfg.lr, timer)
+    record = {"q": cfg.budget, "mode": cfg.mode, **figures, **rollout_record(gathered, selection, cfg)}
+    return {**record, "tokens_per_s": float(gathered["tokens"].sum()) / sum(timer.seconds.values()),
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
 
 
@@ -98,20 +99,20 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
     problems, first = phases.shard(run.task.problems("train", batch, seed=_data_seed(cfg, step)), world)
     samples = phases.demonstrations(run.tokenizer, problems, first, seed=cfg.seed, step=step, formats=formats,
                                     verbose=cfg.verbose_prompts)
-    every = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
+    gathered = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
                                                   "group": samples.group})
-    figures = _update(run, samples, every["weight"], every["tokens"], lr, timer)
+    figures = _update(run, samples, gathered["weight"], gathered["tokens"], lr, timer)
     return {"mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", **figures,
-            "demo_extended_share": float(every["group"].mean()),
-            "tokens_per_s": float(every["tokens"].sum()) / sum(timer.seconds.values()),
+            "demo_extended_share": float(gathered["group"].mean()),
+            "tokens_per_s": float(gathered["tokens"].sum()) / sum(timer.seconds.values()),
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
 
 
-def _update(run: Run, samples, every_weight, every_tokens, lr: float, timer: PhaseTimer) -> dict:
+def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseTimer) -> dict:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with timer("forward_backward"):
-        local = phases.update(run.policy, samples, every_weight, every_tokens, run.world, run.cfg)
+        local = phases.update(run.policy, samples, all_weights, all_tokens, run.world, run.cfg)
     with timer("optimizer"):
         if not local["skipped"]:  # skipping is global: the decision comes from gathered arrays
             phases.optimizer_step(run.policy, run.optimizer, run.cfg.max_grad_norm)
@@ -120,12 +121,12 @@ def _update(run: Run, samples, every_weight, every_tokens, lr: float, timer: Pha
                                                       for key in ("loss", "abs_diff", "tokens")})
     return {"loss": float(parts["loss"].mean()), "update_skipped": local["skipped"],
             "logprob_abs_diff": float(parts["abs_diff"].sum() / max(parts["tokens"].sum(), 1.0)),
-            "train_tokens": int(np.dot(every_weight, every_tokens))}
+            "train_tokens": int(np.dot(all_weights, all_tokens))}
 
 
 def _data_seed(cfg: TrainConfig, step: int) -> int:
     """A step's prompts depend on (seed, step) alone: the step is the data position."""
-    return cfg.seed * 1_000_003 + step
+    return derive_seed(cfg.seed, "data", step)
 
 
 class _StopOnSigint:

@@ -44,21 +44,21 @@ def _share(mask: np.ndarray, among: np.ndarray) -> float:
     return float(mask[among].mean()) if among.any() else 0.0
 
 
-def by_level(every: dict, values: np.ndarray, among: np.ndarray) -> dict[str, float]:
+def by_level(gathered: dict, values: np.ndarray, among: np.ndarray) -> dict[str, float]:
     """{level: mean of `values` over the samples of that level that are in `among`}."""
-    return {str(level): _share(values, among & (every["level"] == level)) for level in np.unique(every["level"])}
+    return {str(level): _share(values, among & (gathered["level"] == level)) for level in np.unique(gathered["level"])}
 
 
-def rollout_record(every: dict, selection, cfg) -> dict:
+def rollout_record(gathered: dict, selection, cfg) -> dict:
     """Budget and allocation figures of one step from the gathered per-sample arrays."""
-    extended = every["group"] >= 1
-    chosen = every["weight"] > 0
+    extended = gathered["group"] >= 1
+    chosen = gathered["weight"] > 0
     all_samples = np.ones_like(chosen)
-    num_prompts = len(np.unique(every["prompt"]))
+    num_prompts = len(np.unique(gathered["prompt"]))
     capacity = num_prompts * cfg.max_per_prompt if cfg.max_per_prompt else len(chosen)
     return {
-        "reward_mean": float(every["reward"].mean()) if len(chosen) else 0.0,
-        "reward_selected_mean": _share(every["reward"], chosen),
+        "reward_mean": float(gathered["reward"].mean()) if len(chosen) else 0.0,
+        "reward_selected_mean": _share(gathered["reward"], chosen),
         "num_samples": int(len(chosen)),
         "num_selected": int(chosen.sum()),
         "sampled_extended_share": _share(extended, all_samples),
@@ -66,10 +66,10 @@ def rollout_record(every: dict, selection, cfg) -> dict:
         "selected_extended_share": float((extended & chosen).sum() / max(capacity, 1)),
         "selected_extended_density": _share(extended, chosen),
         "window_extended_share": float(selection.group_share[1]) if len(selection.group_share) > 1 else 0.0,
-        "accuracy_by_level": by_level(every, every["reward"], all_samples),
-        "extended_share_by_level": by_level(every, extended, all_samples),
-        "selected_extended_by_level": by_level(every, extended, chosen),
-        "response_tokens_mean": float(every["tokens"].mean()) if len(chosen) else 0.0,
+        "accuracy_by_level": by_level(gathered, gathered["reward"], all_samples),
+        "extended_share_by_level": by_level(gathered, extended, all_samples),
+        "selected_extended_by_level": by_level(gathered, extended, chosen),
+        "response_tokens_mean": float(gathered["tokens"].mean()) if len(chosen) else 0.0,
         "ilp_status": selection.status,
         "ilp_method": selection.method,
         "ilp_seconds": selection.solve_seconds,

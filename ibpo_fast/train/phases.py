@@ -23,6 +23,7 @@ from ibpo_fast import budget, grouping
 from ibpo_fast.models import encode_prompts
 from ibpo_fast.packing import pack
 from ibpo_fast.rollout import Grader, demonstration, prompt_text
+from ibpo_fast.seeding import derive_seed
 from ibpo_fast.train.distributed import World, all_gather_arrays
 
 
@@ -56,7 +57,7 @@ def generate(sampler, tokenizer, problems, first, cfg, step: int) -> list:
     chunk = cfg.generate_prompts or len(problems)
     rollouts = []
     for start in range(0, len(problems), chunk):
-        seed = (cfg.seed * 1_000_003 + step) * 1_000_003 + first + start
+        seed = derive_seed(cfg.seed, "sample", step, first + start)
         for r in sampler.generate(prompt_ids[start:start + chunk], cfg.samples_per_prompt, seed=seed):
             rollouts.append(replace(r, prompt_index=r.prompt_index + start))
     return rollouts
@@ -90,7 +91,7 @@ def demonstrations(tokenizer, problems, first, *, seed: int, step: int, formats,
     generator seeded per (seed, step, global index): the same data whatever the number of ranks."""
     pairs, groups = [], []
     for i, problem in enumerate(problems):
-        rng = random.Random(f"{seed}/{step}/{first + i}")
+        rng = random.Random(derive_seed(seed, "demonstration", step, first + i))
         prompt_fmt, response_fmt = rng.choice(formats)
         prompt = encode_prompts(tokenizer, [prompt_text(problem, prompt_fmt, verbose=verbose)])[0]
         text = demonstration(problem, response_fmt, rng)
@@ -106,20 +107,20 @@ def select(world: World, samples: Samples, buffer: budget.SampleBuffer, cfg) -> 
     Returns the gathered arrays (with their weights) for the metrics."""
     local = {"reward": samples.reward, "group": samples.group, "prompt": samples.prompt, "level": samples.level,
              "tokens": samples.response_tokens()}
-    every = all_gather_arrays(world, local)
-    utility = budget.utilities(every["reward"], every["group"], every["prompt"], kind=cfg.utility)
-    buffer.push(utility, every["group"], every["prompt"])
+    gathered = all_gather_arrays(world, local)
+    utility = budget.utilities(gathered["reward"], gathered["group"], gathered["prompt"], kind=cfg.utility)
+    buffer.push(utility, gathered["group"], gathered["prompt"])
     weights, selection = buffer.solve(cfg.budget, max_per_prompt=cfg.max_per_prompt, method=cfg.ilp_method)
-    every["weight"] = weights.astype(np.float64)
+    gathered["weight"] = weights.astype(np.float64)
     start = world.rank * len(samples.reward)
-    samples.weight = every["weight"][start:start + len(samples.reward)]
-    return every, selection
+    samples.weight = gathered["weight"][start:start + len(samples.reward)]
+    return gathered, selection
 
 
-def update(policy, samples: Samples, every_weight, every_tokens, world: World, cfg) -> dict:
+def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg) -> dict:
     """Weighted SFT step on the selected responses: loss = −Σ_i w_i log π(y_i|x_i) / Z with Z the selected
     response tokens of all ranks. Only w_i > 0 is packed. Returns local, not yet reduced, figures."""
-    total_tokens = float(np.dot(every_weight, every_tokens))  # Z (counts the eos token as learned)
+    total_tokens = float(np.dot(all_weights, all_tokens))  # Z (counts the eos token as learned)
     if total_tokens == 0:
         return {"loss": 0.0, "abs_diff": 0.0, "tokens": 0.0, "skipped": True}
     chosen = np.flatnonzero(samples.weight > 0)

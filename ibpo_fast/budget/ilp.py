@@ -17,7 +17,7 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Problem:
+class Ilp:
     utilities: np.ndarray  # [N] float64, finite
     groups: np.ndarray  # [N] int64 in [0, K)
     prompts: np.ndarray  # [N] int64, dense ids in [0, P) (sorted order of the caller's ids)
@@ -38,21 +38,21 @@ class Problem:
         return self.max_per_prompt * self.num_prompts
 
 
-def check_samples(rewards, groups, prompt_index):
-    """Validated copies: rewards [N] float64 finite, groups [N] int64 ≥ 0, prompt_index [N] int64."""
-    rewards, groups, prompt_index = np.asarray(rewards), np.asarray(groups), np.asarray(prompt_index)
-    if rewards.ndim != 1 or rewards.dtype.kind not in "biuf":
-        raise ValueError(f"rewards must be a 1-D real array, got shape {rewards.shape} {rewards.dtype}")
-    if groups.shape != rewards.shape or prompt_index.shape != rewards.shape:
+def check_samples(utilities, groups, prompt_index):
+    """Validated copies: utilities [N] float64 finite, groups [N] int64 ≥ 0, prompt_index [N] int64."""
+    utilities, groups, prompt_index = np.asarray(utilities), np.asarray(groups), np.asarray(prompt_index)
+    if utilities.ndim != 1 or utilities.dtype.kind not in "biuf":
+        raise ValueError(f"utilities must be a 1-D real array, got shape {utilities.shape} {utilities.dtype}")
+    if groups.shape != utilities.shape or prompt_index.shape != utilities.shape:
         raise ValueError(f"groups {groups.shape} and prompt_index {prompt_index.shape} must have the "
-                         f"shape of rewards {rewards.shape}")
-    if not np.all(np.isfinite(rewards)):
-        raise ValueError("rewards must be finite (got NaN or inf)")
+                         f"shape of utilities {utilities.shape}")
+    if not np.all(np.isfinite(utilities)):
+        raise ValueError("utilities must be finite (got NaN or inf)")
     if groups.dtype.kind not in "iu" or (len(groups) and groups.min() < 0):
         raise ValueError("groups must hold non-negative integers")
     if prompt_index.dtype.kind not in "iu":
         raise ValueError("prompt_index must hold integers")
-    return rewards.astype(np.float64), groups.astype(np.int64), prompt_index.astype(np.int64)
+    return utilities.astype(np.float64), groups.astype(np.int64), prompt_index.astype(np.int64)
 
 
 def _check_q(q):
@@ -64,9 +64,9 @@ def _check_q(q):
     return values
 
 
-def make_problem(rewards, groups, prompt_index, q, max_per_prompt=None) -> Problem:
+def make_ilp(utilities, groups, prompt_index, q, max_per_prompt=None) -> Ilp:
     """Validate the inputs and fix the right-hand sides (K = len(q) + 1)."""
-    utilities, groups, prompt_index = check_samples(rewards, groups, prompt_index)
+    utilities, groups, prompt_index = check_samples(utilities, groups, prompt_index)
     q = _check_q(q)
     num_groups = len(q) + 1
     if len(groups) and groups.max() >= num_groups:
@@ -78,5 +78,5 @@ def make_problem(rewards, groups, prompt_index, q, max_per_prompt=None) -> Probl
     num_prompts = int(prompts.max()) + 1 if len(prompts) else 0
     capacity = len(utilities) if max_per_prompt is None else int(max_per_prompt) * num_prompts
     budgets = np.floor(q * capacity + 1e-9).astype(np.int64)
-    return Problem(utilities, groups, prompts.astype(np.int64).ravel(), num_groups, num_prompts,
+    return Ilp(utilities, groups, prompts.astype(np.int64).ravel(), num_groups, num_prompts,
                    None if max_per_prompt is None else int(max_per_prompt), budgets)
