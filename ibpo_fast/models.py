@@ -121,6 +121,16 @@ def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str | t
     return model.to(device=device, dtype=dtype), tokenizer
 
 
+def kv_cache_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """KV-cache bytes one token holds across all layers of a decoder with this HF `config`:
+    2 (keys and values) x layers x key/value heads x head dim x element size. The one formula behind
+    generation batch sizing and the memory planner."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
                    chat: bool | None = None) -> list[list[int]]:
     """Token ids of each prompt; through the tokenizer's chat template (as a user turn, with the
