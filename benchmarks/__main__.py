@@ -14,7 +14,7 @@ import importlib
 import sys
 
 SUITES = {"kernels": "benchmarks.kernels", "train": "benchmarks.train", "grouper": "benchmarks.grouper",
-          "ilp": "benchmarks.ilp"}
+          "ilp": "benchmarks.ilp", "frontier": "benchmarks.frontier"}
 CPU_ONLY_QUICK = {"grouper": ["--sizes", "1000", "--repeats", "1"], "ilp": ["--sizes", "1024", "--repeats", "1"]}
 
 

@@ -12,7 +12,7 @@ pieces and the trainer's ``Policy`` and ``optimizer_step`` (ibpo_fast/train):
   (``--max-new-tokens``, default 32). A random policy never answers right, so the ILP would select nothing:
   the responses graded and trained on are instead task demonstrations (``rollout.demonstration``, half regular,
   half sequential voting), a share of them answering another prompt's problem (wrong). Same P·n count.
-- grade: ``Grader.score`` of those texts; group: ``pack`` of all rollouts + ``grouping.assign`` by the
+- grade: ``Grader.score`` of those texts; group: ``grouping.response_groups`` of the texts, by the
   [TRIAL] marker; ilp: ``budget.solve(rewards, groups, prompts, q, max_per_prompt=1)``; pack: the selected
   responses into the update batch (T tokens).
 - fwd+bwd: ``fused`` = the trainer's ``Policy`` (decoder body on sdpa rows of <= 2048 tokens with a
@@ -42,7 +42,7 @@ import torch
 
 from benchmarks.common import peak_memory, plot_lines, plots_available, save_partial, write_results
 from ibpo_fast import budget, grouping
-from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model, trial_marker_ids
+from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model
 from ibpo_fast.packing import pack
 from ibpo_fast.rollout import ArithmeticTask, Grader, HFSampler, demonstration, prompt_text
 from ibpo_fast.train.policy import Policy, RowBatch, uses_flash_attention
@@ -132,7 +132,7 @@ class Step:
         self.optimizers = {name: torch.optim.AdamW(self.policy.parameters(), lr=1e-5) for name in LOSSES}
         self.sampler = HFSampler(self.model, self.tokenizer, max_new_tokens=args.max_new_tokens,
                                  batch_size=args.generate_batch, progress=False)
-        self.task, self.marker = ArithmeticTask(levels=(1, 2, 3, 4)), trial_marker_ids(self.tokenizer)
+        self.task = ArithmeticTask(levels=(1, 2, 3, 4))
         self.problems, self.prompt_ids, self.texts, self.owners = make_rollouts(
             self.tokenizer, args.prompts, args.n, seed=0)
         eos = self.tokenizer.eos_token_id
@@ -144,12 +144,7 @@ class Step:
         timer("generate", lambda: self.sampler.generate(self.prompt_ids, self.args.n, seed=0))
         scores = timer("grade", lambda: Grader(self.task).score([self.problems[p] for p in self.owners], self.texts))
 
-        def group():
-            everything = pack(self.pairs, prompt_index=self.owners)
-            return grouping.assign(everything.input_ids.numpy(), everything.cu_seqlens.numpy(),
-                                   everything.loss_mask.numpy(), trial_marker=self.marker)
-
-        return scores.reward, timer("group", group)
+        return scores.reward, timer("group", lambda: grouping.response_groups(self.texts))
 
     def select(self, q, rewards, groups, timer):
         """The ILP at budget q and the packed update batch of the selected responses -> (batch, # extended)."""

@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from ibpo_fast.train.loop import train as run_training
         run = run_training(cfg)
-        if run.world.is_main:
-            print(f"metrics: {run.out / 'metrics.jsonl'}")
-        return 0
+        if run.stopped_at is not None and run.world.is_main:
+            why = "interrupted" if run.interrupted else f"stopped (stop_after={cfg.stop_after})"
+            print(f"{why}: checkpoint at step {run.stopped_at} in {run.out}; resume with --resume=true", file=sys.stderr)
+        return 130 if run.interrupted else 0
     from ibpo_fast.train.evaluate import evaluate as run_eval
     print(json.dumps(run_eval(cfg), indent=1))
     return 0

@@ -1,16 +1,16 @@
-"""Group assignment and batch statistics for the budget ILP, on packed numpy arrays (DESIGN §4).
+"""Group assignment and batch statistics for the budget ILP (DESIGN §1 step 2, §4).
 
-A response's group is its inference-cost class: group k = the number of thresholds its measure reaches,
-the measure being either the number of `[TRIAL]` markers in its response tokens (sequential voting:
-``trial_thresholds=(2,)`` makes a response with two or more trials extended, group 1) or its response
-length in tokens (``length_thresholds``). Thresholds give K = len(thresholds) + 1 groups.
+A response's group is its inference-cost class: group k = the number of thresholds its measure reaches.
+The one definition of "extended" used by training, evaluation, demonstrations and metrics is
+`response_groups`: the measure is the number of `[TRIAL]` markers in the response's decoded text, counted
+over its UTF-8 bytes, where no tokenizer can hide them (a BPE tokenizer may merge ``[/TRIAL][TRIAL]`` into
+a ``][`` token, so counting marker token ids misses trials). It is exactly the parser's ``num_trials``
+(`rollout.formats.parse` splits the text at the same marker). ``response_groups(texts, (2,))`` makes a
+response with two or more trials extended (group 1). `assign` takes any other measure (e.g. response
+lengths in tokens) with its thresholds; K = len(thresholds) + 1 groups.
 
-The marker is a token-id sequence (tokenizers split ``[TRIAL]`` into several ids); it counts at every
-start position where all its tokens match and are response tokens (``loss_mask`` True) of one sequence.
-A marker that overlaps itself (e.g. ``[7, 7]``) therefore counts each overlapping occurrence.
-
-Each entry point takes ``backend="numba" | "numpy"``: numba kernels (one pass, counting sorts) are the
-fast path; the numpy twin computes the same thing vectorised and is the tests' and benchmark's reference.
+Each counting entry point takes ``backend="numba" | "numpy"``: numba kernels (one pass) are the fast path;
+the numpy twin computes the same thing vectorised and is the tests' and benchmark's reference.
 Timing: ``python -m benchmarks.grouper --out DIR``.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 BACKENDS = ("numba", "numpy")
+TRIAL_MARKER = b"[TRIAL]"  # rollout.formats.TRIAL_OPEN, UTF-8 encoded (tested equal)
 
 
 class GroupStats(NamedTuple):
@@ -30,48 +31,59 @@ class GroupStats(NamedTuple):
     row_indices: np.ndarray  # [nnz] int64, sample ids, ascending within each row
 
 
+def encode_texts(texts) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes of all texts back to back [B] uint8, offsets [N+1] int64): text i is bytes
+    ``offsets[i] : offsets[i+1]``, the packed layout of the responses' text."""
+    encoded = [text.encode("utf-8") for text in texts]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), np.uint8), offsets
+
+
 @numba.njit(cache=True)
-def _marker_counts_numba(input_ids, cu_seqlens, loss_mask, marker):
-    num_seqs, width = cu_seqlens.shape[0] - 1, marker.shape[0]
-    counts = np.zeros(num_seqs, np.int64)
-    for i in range(num_seqs):
-        for t in range(cu_seqlens[i], cu_seqlens[i + 1] - width + 1):
-            # the first-token test rejects almost every position before the inner loop runs
-            if input_ids[t] != marker[0] or not loss_mask[t]:
+def _marker_counts_numba(data, offsets, marker):
+    num_texts, width = offsets.shape[0] - 1, marker.shape[0]
+    counts = np.zeros(num_texts, np.int64)
+    for i in range(num_texts):
+        t, end = offsets[i], offsets[i + 1] - width
+        while t <= end:
+            # the first-byte test rejects almost every position before the inner loop runs
+            if data[t] != marker[0]:
+                t += 1
                 continue
             j = 1
-            while j < width and input_ids[t + j] == marker[j] and loss_mask[t + j]:
+            while j < width and data[t + j] == marker[j]:
                 j += 1
-            counts[i] += j == width
+            if j == width:
+                counts[i] += 1
+                t += width  # non-overlapping, as str.count and str.split count
+            else:
+                t += 1
     return counts
 
 
-def _marker_counts_numpy(input_ids, cu_seqlens, loss_mask, marker):
-    num_seqs, width = len(cu_seqlens) - 1, len(marker)
-    num_starts = len(input_ids) - width + 1
+def _marker_counts_numpy(data, offsets, marker):
+    num_texts, width = len(offsets) - 1, len(marker)
+    num_starts = len(data) - width + 1
     if num_starts <= 0:
-        return np.zeros(num_seqs, np.int64)
-    starts = np.flatnonzero((input_ids[:num_starts] == marker[0]) & loss_mask[:num_starts])
+        return np.zeros(num_texts, np.int64)
+    starts = np.flatnonzero(data[:num_starts] == marker[0])
     for j in range(1, width):
-        starts = starts[(input_ids[starts + j] == marker[j]) & loss_mask[starts + j]]
-    seq = np.searchsorted(cu_seqlens, starts, side="right") - 1
-    inside = starts + width <= cu_seqlens[seq + 1]
-    return np.bincount(seq[inside], minlength=num_seqs).astype(np.int64)
+        starts = starts[data[starts + j] == marker[j]]
+    text = np.searchsorted(offsets, starts, side="right") - 1
+    inside = starts + width <= offsets[text + 1]
+    starts, text = starts[inside], text[inside]
+    if _self_overlapping(marker.tobytes()):  # keep each text's matches greedily from the left
+        keep, last_end = np.ones(len(starts), bool), {}
+        for k, (start, owner) in enumerate(zip(starts.tolist(), text.tolist())):
+            keep[k] = start >= last_end.get(owner, -1)
+            last_end[owner] = start + width if keep[k] else last_end[owner]
+        text = text[keep]
+    return np.bincount(text, minlength=num_texts).astype(np.int64)
 
 
-@numba.njit(cache=True)
-def _response_lengths_numba(cu_seqlens, loss_mask):
-    num_seqs = cu_seqlens.shape[0] - 1
-    lengths = np.zeros(num_seqs, np.int64)
-    for i in range(num_seqs):
-        for t in range(cu_seqlens[i], cu_seqlens[i + 1]):
-            lengths[i] += loss_mask[t]
-    return lengths
-
-
-def _response_lengths_numpy(cu_seqlens, loss_mask):
-    running = np.concatenate(([0], np.cumsum(loss_mask, dtype=np.int64)))
-    return running[cu_seqlens[1:]] - running[cu_seqlens[:-1]]
+def _self_overlapping(marker: bytes) -> bool:
+    return any(marker[:k] == marker[-k:] for k in range(1, len(marker)))
 
 
 def _check_backend(backend):
@@ -79,49 +91,38 @@ def _check_backend(backend):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def _check_packed(input_ids, cu_seqlens, loss_mask):
-    input_ids, cu_seqlens, loss_mask = np.asarray(input_ids), np.asarray(cu_seqlens), np.asarray(loss_mask)
-    if input_ids.ndim != 1 or input_ids.dtype.kind not in "iu":
-        raise ValueError(f"input_ids must be a 1-D integer array, got shape {input_ids.shape} {input_ids.dtype}")
-    if cu_seqlens.ndim != 1 or cu_seqlens.dtype.kind not in "iu" or len(cu_seqlens) < 1:
-        raise ValueError("cu_seqlens must be a non-empty 1-D integer array")
-    if cu_seqlens[0] != 0 or cu_seqlens[-1] != len(input_ids) or np.any(np.diff(cu_seqlens) < 0):
-        raise ValueError("cu_seqlens must start at 0, end at len(input_ids) and never decrease")
-    if loss_mask.shape != input_ids.shape or loss_mask.dtype != np.bool_:
-        raise ValueError(f"loss_mask must be a bool array shaped like input_ids {input_ids.shape}")
-    return input_ids.astype(np.int64, copy=False), cu_seqlens.astype(np.int64, copy=False), loss_mask
+def count_markers(text_bytes, offsets, *, marker: bytes = TRIAL_MARKER, backend="numba") -> np.ndarray:
+    """Non-overlapping occurrences of `marker` inside each text of a packed byte layout (`encode_texts`),
+    [N] int64; an occurrence never straddles two texts."""
+    _check_backend(backend)
+    data, offsets = np.asarray(text_bytes), np.asarray(offsets)
+    if data.ndim != 1 or data.dtype != np.uint8:
+        raise ValueError(f"text_bytes must be a 1-D uint8 array, got shape {data.shape} {data.dtype}")
+    if offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) < 1:
+        raise ValueError("offsets must be a non-empty 1-D integer array")
+    if offsets[0] != 0 or offsets[-1] != len(data) or np.any(np.diff(offsets) < 0):
+        raise ValueError("offsets must start at 0, end at len(text_bytes) and never decrease")
+    if not isinstance(marker, bytes) or not marker:
+        raise ValueError(f"marker must be non-empty bytes, got {marker!r}")
+    count = _marker_counts_numba if backend == "numba" else _marker_counts_numpy
+    return count(data, offsets.astype(np.int64, copy=False), np.frombuffer(marker, np.uint8))
 
 
-def _check_thresholds(name, thresholds):
+def assign(measure, thresholds) -> np.ndarray:
+    """Group of each sample, [N] int64 in [0, K): the number of `thresholds` (strictly increasing
+    positive integers) its `measure` (e.g. trial count, response length) reaches."""
     values = np.asarray(thresholds, dtype=np.int64).ravel()
     if len(values) == 0 or values[0] < 1 or np.any(np.diff(values) <= 0):
-        raise ValueError(f"{name} must be strictly increasing positive integers, got {thresholds!r}")
-    return values
+        raise ValueError(f"thresholds must be strictly increasing positive integers, got {thresholds!r}")
+    measure = np.asarray(measure)
+    if measure.ndim != 1 or (len(measure) and measure.dtype.kind not in "iu"):
+        raise ValueError(f"measure must be a 1-D integer array, got shape {measure.shape} {measure.dtype}")
+    return np.searchsorted(values, measure, side="right").astype(np.int64)
 
 
-def assign(input_ids, cu_seqlens, loss_mask, *, trial_marker=None, trial_thresholds=(2,),
-           length_thresholds=None, backend="numba") -> np.ndarray:
-    """Group of every packed sequence, [N] int64 in [0, K).
-
-    Give exactly one of ``trial_marker`` (token ids; grouped by marker count against
-    ``trial_thresholds``) or ``length_thresholds`` (grouped by response-token count).
-    """
-    _check_backend(backend)
-    input_ids, cu_seqlens, loss_mask = _check_packed(input_ids, cu_seqlens, loss_mask)
-    if (trial_marker is None) == (length_thresholds is None):
-        raise ValueError("give exactly one of trial_marker and length_thresholds")
-    if trial_marker is not None:
-        marker = np.asarray(trial_marker, dtype=np.int64).ravel()
-        if len(marker) == 0:
-            raise ValueError("trial_marker must hold at least one token id")
-        thresholds = _check_thresholds("trial_thresholds", trial_thresholds)
-        count = _marker_counts_numba if backend == "numba" else _marker_counts_numpy
-        measure = count(input_ids, cu_seqlens, loss_mask, marker)
-    else:
-        thresholds = _check_thresholds("length_thresholds", length_thresholds)
-        lengths = _response_lengths_numba if backend == "numba" else _response_lengths_numpy
-        measure = lengths(cu_seqlens, loss_mask)
-    return np.searchsorted(thresholds, measure, side="right").astype(np.int64)
+def response_groups(texts, trial_thresholds=(2,), *, backend="numba") -> np.ndarray:
+    """The group of each response from its structure (module docstring): [N] int64, 0 = regular."""
+    return assign(count_markers(*encode_texts(texts), backend=backend), trial_thresholds)
 
 
 @numba.njit(cache=True)

@@ -141,12 +141,3 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], *,
         return [tokenizer(text).input_ids for text in texts]
     return [list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                                tokenize=True, return_dict=False)) for text in texts]
-
-
-def trial_marker_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of `[TRIAL]` on its own: one id for the char tokenizer, several for a BPE tokenizer
-    (where the grouper matches the sequence; BPE merges with neighbouring text can hide a marker)."""
-    ids = tokenizer.encode(TRIAL_OPEN, add_special_tokens=False)
-    if not ids:
-        raise ValueError("tokenizer encodes [TRIAL] to no tokens")
-    return list(ids)

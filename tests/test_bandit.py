@@ -30,7 +30,7 @@ def lp_allocation(q):
     return np.array(h.getSolution().col_value)
 
 
-def run_ibpo(q, *, iterations=300, num_prompts=30, n=8, lr=0.5, seed=0, utility="reward"):
+def run_ibpo(q, *, iterations=300, num_prompts=30, n=8, lr=0.5, seed=0, utility="value"):
     rng = np.random.default_rng(seed)
     logits = np.zeros((3, 2))  # [type, format]: 0 regular, 1 extended; starts undecided
     selected_shares = []
@@ -62,8 +62,13 @@ def test_lp_optimum_spends_the_budget_on_the_hard_type():
 
 
 def test_ibpo_converges_to_the_lp_allocation_within_budget():
+    # q = 1/3 is the hard type's density: the LP spends the whole budget there. (With the value utility
+    # the steps that draw fewer hard prompts than the budget give the slack to medium prompts, while the
+    # steps that draw more leave the excess hard prompts without a target, since their regular answers
+    # are rarely right: the policy ends near [0, 0.25, 1], density 0.42. A budget exactly at a type's
+    # density is where the per-batch cap and the policy's density part.)
     q = 1 / 3
-    allocation, selected_shares = run_ibpo(q)
+    allocation, selected_shares = run_ibpo(q, utility="reward")
     np.testing.assert_allclose(allocation, lp_allocation(q), atol=0.12)
     assert selected_shares.max() <= q + 1e-12  # the ILP never exceeds the budget
     assert float(DENSITY @ allocation) <= q + 0.05  # the policy itself keeps to it (sampled share)
@@ -75,14 +80,15 @@ def test_zero_budget_learns_regular_everywhere():
     assert allocation.max() < 0.1
 
 
-def test_slack_budget_reward_vs_margin_utility():
+def test_slack_budget_reward_vs_margin_vs_value_utility():
     """With budget to spare (q = 0.5) the LP also gives half of the medium prompts an extended response.
     Reward utility does not get there: with n = 8 samples some regular response of a medium prompt is
     almost always right, and the ILP prefers it (cheaper among equals), so the policy learns regular on
-    medium prompts ([0, 0, 1]). The paper's margin utility values an extended answer by what it adds over
-    the other format on that prompt and lands near the LP allocation."""
-    reward_allocation, _ = run_ibpo(0.5)
+    medium prompts ([0, 0, 1]). The group value (the default) and the paper's margin value an extended
+    answer by its group's success rate on that prompt and land near the LP allocation."""
+    reward_allocation, _ = run_ibpo(0.5, utility="reward")
     np.testing.assert_allclose(reward_allocation, [0, 0, 1], atol=0.05)
-    margin_allocation, selected_shares = run_ibpo(0.5, utility="margin")
-    np.testing.assert_allclose(margin_allocation, lp_allocation(0.5), atol=0.12)
-    assert selected_shares.max() <= 0.5 + 1e-12
+    for utility in ("value", "margin"):
+        allocation, selected_shares = run_ibpo(0.5, utility=utility)
+        np.testing.assert_allclose(allocation, lp_allocation(0.5), atol=0.12)
+        assert selected_shares.max() <= 0.5 + 1e-12

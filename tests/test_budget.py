@@ -42,11 +42,13 @@ def random_instance(rng):
     num_costly = 1 if rng.random() < 0.6 else 2
     g = rng.integers(0, num_costly + 1, n)
     p = rng.integers(0, max(1, n // int(rng.integers(1, 5))), n) * 7  # sparse, non-dense ids
-    kind = rng.integers(4)
+    kind = rng.integers(5)
     if kind == 0:  # binary rewards: many ties
         u = rng.integers(0, 2, n).astype(float)
     elif kind == 1:  # margins of binary rewards
         u = budget.utilities(rng.integers(0, 2, n).astype(float), g, p, kind="margin")
+    elif kind == 4:  # group values of binary rewards: ties within a group, zeros for the wrong ones
+        u = budget.utilities(rng.integers(0, 2, n).astype(float), g, p, kind="value")
     elif kind == 2:
         u = rng.normal(size=n)
     else:  # small integers: ties and non-positives
@@ -91,6 +93,36 @@ def test_exact_equals_highs_on_larger_instances(m, q):
             assert sel.status == "optimal"
         assert auto.objective == pytest.approx(highs.objective, rel=1e-9, abs=1e-9)
         assert auto.upper_bound == pytest.approx(auto.objective, rel=1e-9, abs=1e-9)
+
+
+def test_value_utility_is_reward_times_group_success_rate():
+    # prompt 7: regular 1/2 right, extended 2/2; prompt 9: regular 2/2, extended 1/2; prompt 4: one group only
+    r = np.array([1, 0, 1, 1, 1, 1, 0, 1, 0.0])
+    g = np.array([0, 0, 1, 1, 0, 0, 1, 1, 1])
+    p = np.array([7, 7, 7, 7, 9, 9, 9, 9, 4])
+    u = budget.utilities(r, g, p, kind="value")
+    np.testing.assert_allclose(u, [0.5, 0, 1, 1, 1, 1, 0, 0.5, 0])
+    assert budget.utilities(r, g, p).tolist() == u.tolist()  # the default kind
+    # m = 1, budget for one extended target (q = 1/3 of 3 prompts): prompt 7 votes, prompt 9 answers once
+    sel = budget.solve(u, g, p, 1 / 3, max_per_prompt=1)
+    assert np.flatnonzero(sel.weights).tolist() == [2, 4]
+
+
+def test_value_utility_ties_go_to_the_cheaper_group_and_the_budget_to_the_largest_gain():
+    # four prompts, 4 samples each (2 regular, 2 extended); extended − regular success rate: 0, 0.5, 1, 0.5
+    rates = [(1.0, 1.0), (0.5, 1.0), (0.0, 1.0), (0.5, 1.0)]
+    r, g, p = [], [], []
+    for prompt, (regular, extended) in enumerate(rates):
+        r += [1.0, float(regular == 1.0), 1.0, 1.0] if regular > 0 else [0.0, 0.0, 1.0, 1.0]
+        g += [0, 0, 1, 1]
+        p += [prompt] * 4
+    r, g, p = np.array(r), np.array(g), np.array(p)
+    u = budget.utilities(r, g, p, kind="value")
+    for q, voting in ((0.0, set()), (0.25, {2}), (0.5, {1, 2}), (1.0, {1, 2, 3})):
+        sel = budget.solve(u, g, p, q, max_per_prompt=1)
+        chosen = np.flatnonzero(sel.weights)
+        assert len(chosen) == 4 or (q == 0.0 and len(chosen) == 3)  # prompt 2 has no correct regular answer
+        assert {int(p[i]) for i in chosen if g[i] == 1} == voting, q  # equal gains: the lower prompt id first
 
 
 def test_exact_prefers_regular_and_hard_prompts():
@@ -171,7 +203,7 @@ def test_margin_utility():
     p = np.array([0, 0, 0, 1, 1])
     # prompt 0: regular mean 1, extended mean 0.5; prompt 1: no extended sample -> margin = reward
     assert budget.utilities(r, g, p, kind="margin").tolist() == [0.5, -1.0, 0.0, 1.0, 0.0]
-    assert budget.utilities(r, g, p).tolist() == r.tolist()
+    assert budget.utilities(r, g, p, kind="reward").tolist() == r.tolist()
     with pytest.raises(ValueError, match="kind"):
         budget.utilities(r, g, p, kind="advantage")
 

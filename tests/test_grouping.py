@@ -1,69 +1,92 @@
-"""grouping: numba kernels == numpy twin == a plain-Python reference, on hand-made and random packs."""
+"""grouping: numba kernels == numpy twin == str.count == the grader's parser, on hand-made and random
+texts, and through the char and SmolLM2 tokenizers."""
+import random
+
 import numpy as np
 import pytest
 
 from ibpo_fast import grouping
+from ibpo_fast.models import load_tokenizer
+from ibpo_fast.rollout import ArithmeticTask, TRIAL_OPEN, demonstration, parse
 
-MARKER = [5, 6]  # "[TRIAL]" split into two token ids
-
-
-def pack(sequences):
-    """sequences: list of (prompt ids, response ids) -> input_ids, cu_seqlens, loss_mask."""
-    ids = [np.asarray(list(a) + list(b), np.int64) for a, b in sequences]
-    masks = [np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)] for a, b in sequences]
-    cu = np.r_[0, np.cumsum([len(x) for x in ids])].astype(np.int32)
-    return np.concatenate(ids or [np.zeros(0, np.int64)]), cu, np.concatenate(masks or [np.zeros(0, bool)])
+TRIAL, CLOSE = "[TRIAL]", "[/TRIAL]"
 
 
-def reference_counts(input_ids, cu, mask, marker):
-    counts = []
-    for i in range(len(cu) - 1):
-        ids, m = input_ids[cu[i]:cu[i + 1]], mask[cu[i]:cu[i + 1]]
-        counts.append(sum(list(ids[t:t + len(marker)]) == list(marker) and m[t:t + len(marker)].all()
-                          for t in range(len(ids) - len(marker) + 1)))
-    return np.array(counts)
+def groups(texts, thresholds=(2,), backend="numba"):
+    return grouping.assign(grouping.count_markers(*grouping.encode_texts(texts), backend=backend), thresholds)
 
 
 @pytest.mark.parametrize("backend", grouping.BACKENDS)
 def test_marker_counting_rules(backend):
-    batch = pack([
-        ([5, 6, 1], [2, 5, 6, 3, 5, 6]),  # marker in the prompt does not count: 2 trials -> extended
-        ([1], [5, 6, 3]),  # one trial -> regular
-        ([1, 5], [6, 5, 6, 5]),  # straddles prompt/response (no), one full, one cut by the end
-        ([], [5]),  # first half of a marker, its second half opens the next sequence
-        ([], [6, 5, 6, 5, 6, 5, 6]),  # three trials
-        ([7], []),  # empty response
-    ])
-    groups = grouping.assign(*batch, trial_marker=MARKER, backend=backend)
-    assert groups.tolist() == [1, 0, 0, 0, 1, 0]
-    three = grouping.assign(*batch, trial_marker=MARKER, trial_thresholds=(1, 3), backend=backend)
-    assert three.tolist() == [1, 1, 1, 0, 2, 0]
-    by_length = grouping.assign(*batch, length_thresholds=(3, 6), backend=backend)
-    assert by_length.tolist() == [2, 1, 1, 0, 2, 0]
+    texts = [
+        f"{TRIAL}a{CLOSE}{TRIAL}b{CLOSE}",  # two trials back to back -> extended
+        f"{TRIAL}a",  # one trial (cut short) -> regular
+        "no marker at all \\boxed{3}",
+        "[TRIAL",  # first half of a marker; its second half opens the next text: never counts
+        "]x",
+        "",  # empty response
+        f"{TRIAL}{TRIAL}{TRIAL}",
+        "é [TRIAL] ü [TRIAL]",  # multi-byte characters around the markers
+    ]
+    data, offsets = grouping.encode_texts(texts)
+    counts = grouping.count_markers(data, offsets, backend=backend)
+    assert counts.tolist() == [2, 1, 0, 0, 0, 0, 3, 2] == [t.count(TRIAL) for t in texts]
+    assert groups(texts, backend=backend).tolist() == [1, 0, 0, 0, 0, 0, 1, 1]
+    assert groups(texts, (1, 3), backend).tolist() == [1, 1, 0, 0, 0, 0, 2, 1]
+    assert grouping.count_markers(data, offsets, marker=b"aa", backend=backend).tolist() == [0] * 8
+    # non-overlapping occurrences, as str.count: "aaa" holds one "aa", "aaaa" two
+    data, offsets = grouping.encode_texts(["aaa", "aaaa", "a", "baab"])
+    assert grouping.count_markers(data, offsets, marker=b"aa", backend=backend).tolist() == [1, 2, 0, 1]
 
 
-def random_pack(rng, num_seqs):
-    lengths = rng.integers(0, 40, num_seqs)
-    cu = np.r_[0, np.cumsum(lengths)].astype(np.int32)
-    input_ids = rng.integers(0, 8, cu[-1]).astype(np.int64)  # small vocabulary: many marker hits
-    prompt_lengths = rng.integers(0, 10, num_seqs)
-    loss_mask = np.arange(cu[-1]) >= np.repeat(cu[:-1] + prompt_lengths, lengths)
-    return input_ids, cu, loss_mask
-
-
-@pytest.mark.parametrize("marker", [[5], [5, 6], [5, 5], [1, 2, 3]])
-def test_backends_agree_with_reference(marker):
+@pytest.mark.parametrize("marker", [b"[TRIAL]", b"x", b"xx", b"xyx"])
+def test_backends_agree_with_str_count(marker):
     rng = np.random.default_rng(len(marker))
-    batch = random_pack(rng, 300)
-    counts = reference_counts(*batch, marker)
-    expected = np.searchsorted([1, 3], counts, side="right")
+    alphabet = np.array(list("xy[]TRIAL/ é"))
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 30))) + "[TRIAL]" * int(rng.integers(0, 4)) for _ in range(400)]
+    data, offsets = grouping.encode_texts(texts)
+    expected = [t.encode().count(marker) for t in texts]
     for backend in grouping.BACKENDS:
-        got = grouping.assign(*batch, trial_marker=marker, trial_thresholds=(1, 3), backend=backend)
-        assert got.dtype == np.int64 and got.tolist() == expected.tolist()
-    lengths = [batch[2][a:b].sum() for a, b in zip(batch[1][:-1], batch[1][1:])]
-    for backend in grouping.BACKENDS:
-        got = grouping.assign(*batch, length_thresholds=[5, 20], backend=backend)
-        assert got.tolist() == np.searchsorted([5, 20], lengths, side="right").tolist()
+        got = grouping.count_markers(data, offsets, marker=marker, backend=backend)
+        assert got.dtype == np.int64 and got.tolist() == expected, backend
+
+
+def test_groups_equal_the_parsers_trial_counts():
+    """One definition of extended: the grouper counts exactly the trials the grader's parser sees."""
+    rng = np.random.default_rng(0)
+    pieces = [TRIAL, CLOSE, "1+0=1 \\boxed{1}", "\\boxed{2}", "][", "[", "]", "TRIAL", " ", "x"]
+    texts = ["".join(rng.choice(pieces, rng.integers(0, 12))) for _ in range(2000)]
+    num_trials = np.array([parse(t).num_trials for t in texts])
+    assert grouping.count_markers(*grouping.encode_texts(texts)).tolist() == num_trials.tolist()
+    assert grouping.response_groups(texts, (2,)).tolist() == (num_trials >= 2).astype(int).tolist()
+    assert grouping.TRIAL_MARKER == TRIAL_OPEN.encode()
+
+
+def _demonstrations():
+    task = ArithmeticTask()
+    rng = random.Random(0)
+    return [demonstration(p, fmt, rng) for p in task.problems("train", 30, seed=0) for fmt in ("regular", "sv", "asv")]
+
+
+@pytest.mark.parametrize("tokenizer_name", ["tiny", "smollm2"])
+def test_groups_survive_the_tokenizer_round_trip(tokenizer_name):
+    """Responses as the trainer sees them (token ids decoded back to text) group as the parser counts,
+    with the char tokenizer and with SmolLM2's BPE, which merges "[/TRIAL][TRIAL]" into a "][" token."""
+    if tokenizer_name == "smollm2":
+        pytest.importorskip("gguf")
+    tokenizer = load_tokenizer(tokenizer_name)
+    texts = _demonstrations()
+    ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    decoded = [tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+    num_trials = np.array([parse(t).num_trials for t in decoded])
+    assert num_trials.max() >= 3 and (num_trials == 0).any()
+    assert grouping.response_groups(decoded).tolist() == (num_trials >= 2).astype(int).tolist()
+    if tokenizer_name == "smollm2":  # the case that counting marker token ids got wrong
+        merged = tokenizer.convert_tokens_to_ids("][")
+        assert any(merged in i for i in ids)
+        marker = tokenizer.encode(TRIAL_OPEN, add_special_tokens=False)
+        by_token_ids = [sum(i[t:t + len(marker)] == marker for t in range(len(i))) for i in ids]
+        assert any(a < b for a, b in zip(by_token_ids, num_trials))
 
 
 def test_statistics_backends_agree_with_reference():
@@ -90,38 +113,30 @@ def test_statistics_backends_agree_with_reference():
 
 @pytest.mark.parametrize("backend", grouping.BACKENDS)
 def test_empty_batch(backend):
-    batch = pack([])
-    assert grouping.assign(*batch, trial_marker=MARKER, backend=backend).shape == (0,)
+    data, offsets = grouping.encode_texts([])
+    assert grouping.count_markers(data, offsets, backend=backend).shape == (0,)
+    assert grouping.assign(np.zeros(0, np.int64), (2,)).shape == (0,)
     stats = grouping.statistics(np.zeros(0, int), np.zeros(0), np.zeros(0, int), 2, backend=backend)
     assert stats.counts.shape == (0, 2) and stats.row_indptr.tolist() == [0, 0]
 
 
 def test_bad_input_raises():
-    ids, cu, mask = pack([([1], [5, 6])])
-    with pytest.raises(ValueError, match="exactly one"):
-        grouping.assign(ids, cu, mask)
-    with pytest.raises(ValueError, match="exactly one"):
-        grouping.assign(ids, cu, mask, trial_marker=MARKER, length_thresholds=(3,))
-    with pytest.raises(ValueError, match="cu_seqlens"):
-        grouping.assign(ids, np.array([0, 2]), mask, trial_marker=MARKER)
-    with pytest.raises(ValueError, match="loss_mask"):
-        grouping.assign(ids, cu, mask.astype(int), trial_marker=MARKER)
-    with pytest.raises(ValueError, match="trial_thresholds"):
-        grouping.assign(ids, cu, mask, trial_marker=MARKER, trial_thresholds=(3, 2))
-    with pytest.raises(ValueError, match="trial_marker"):
-        grouping.assign(ids, cu, mask, trial_marker=[])
+    data, offsets = grouping.encode_texts(["[TRIAL]a", "b"])
+    with pytest.raises(ValueError, match="offsets"):
+        grouping.count_markers(data, np.array([0, 2]))
+    with pytest.raises(ValueError, match="text_bytes"):
+        grouping.count_markers(data.astype(np.int64), offsets)
+    with pytest.raises(ValueError, match="marker"):
+        grouping.count_markers(data, offsets, marker=b"")
     with pytest.raises(ValueError, match="backend"):
-        grouping.assign(ids, cu, mask, trial_marker=MARKER, backend="cuda")
+        grouping.count_markers(data, offsets, backend="cuda")
+    with pytest.raises(ValueError, match="thresholds"):
+        grouping.assign([1, 2], (3, 2))
+    with pytest.raises(ValueError, match="measure"):
+        grouping.assign([0.5], (1,))
     with pytest.raises(ValueError, match="rewards"):
         grouping.statistics([0, 1], [np.nan, 0.0], [0, 0], 2)
     with pytest.raises(ValueError, match="groups"):
         grouping.statistics([0, 2], [1.0, 0.0], [0, 0], 2)
     with pytest.raises(ValueError, match="length"):
         grouping.statistics([0, 1], [1.0], [0, 0], 2)
-
-
-def test_accepts_packed_batch_tensors():
-    torch = pytest.importorskip("torch")
-    ids, cu, mask = pack([([1], [5, 6, 5, 6]), ([2], [5, 6])])
-    groups = grouping.assign(torch.from_numpy(ids), torch.from_numpy(cu), torch.from_numpy(mask), trial_marker=MARKER)
-    assert groups.tolist() == [1, 0]

@@ -5,8 +5,7 @@ import os
 import pytest
 import torch
 
-from ibpo_fast.models import (char_tokenizer, encode_prompts, load_model, load_tokenizer, tiny_model,
-                              trial_marker_ids)
+from ibpo_fast.models import char_tokenizer, encode_prompts, load_model, load_tokenizer, tiny_model
 from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN
 
 
@@ -15,7 +14,8 @@ def test_char_tokenizer_round_trip():
     text = f"auto:47+85\n{TRIAL_OPEN}7+5=12,4+8+1=13 \\boxed{{132}}{TRIAL_CLOSE}"
     ids = tok(text).input_ids
     assert ids[0] == tok.bos_token_id and tok.decode(ids, skip_special_tokens=True) == text
-    assert len(trial_marker_ids(tok)) == 1 and ids.count(trial_marker_ids(tok)[0]) == 1
+    marker = tok.encode(TRIAL_OPEN, add_special_tokens=False)
+    assert len(marker) == 1 and ids.count(marker[0]) == 1
     assert len(tok.encode(TRIAL_CLOSE, add_special_tokens=False)) == 1
     assert tok.padding_side == "left" and {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id} == {0, 1, 2}
     assert char_tokenizer().get_vocab() == tok.get_vocab()  # built the same every time
@@ -52,8 +52,8 @@ def _need_smollm2():
 def test_smollm2_tokenizer():
     _need_smollm2()
     tok = load_tokenizer("smollm2")
-    ids = trial_marker_ids(tok)
-    assert len(ids) > 1 and tok.decode(ids) == TRIAL_OPEN
+    ids = tok.encode(TRIAL_OPEN, add_special_tokens=False)
+    assert len(ids) > 1 and tok.decode(ids) == TRIAL_OPEN  # a BPE splits the marker (grouping counts text)
     assert tok.padding_side == "left" and tok.pad_token_id is not None
     assert tok.decode(encode_prompts(tok, ["What is 2+3?"])[0]).count("What is 2+3?") == 1
 

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from ibpo_fast.rollout.formats import (CONSENSUS, FORMATS, HARD_LEVEL, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
-                                       last_boxed, parse, prompt_text, vote)
+                                       demonstration_segments, last_boxed, majority, parse, prompt_text, vote)
 from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, ArithmeticTask, Problem
 
 
@@ -123,3 +123,29 @@ def test_demonstration_generic_problem_and_errors():
 
 def test_last_boxed_nested():
     assert last_boxed("\\boxed{{a}{b}}") == "{a}{b}" and last_boxed("x") is None
+
+
+def test_voting_demonstrations_vote_until_consensus_and_never_learn_a_wrong_attempt():
+    problem = Problem("u", "3+1+0+1+1+0+1+1%10", "8", 3)
+    seen_lengths = set()
+    for seed in range(200):
+        segments = demonstration_segments(problem, "sv", random.Random(seed), slip_rate=0.4)
+        parsed = parse("".join(t for t, _ in segments))
+        assert parsed.final_answer == "8" and parsed.well_formed and parsed.num_trials <= MAX_TRIALS
+        assert parsed.trial_answers.count("8") == CONSENSUS  # it stops as soon as three agree
+        for piece, learned in segments:
+            # learned: right attempts and the opening marker of a wrong one (the decision to try again);
+            # not learned: a wrong attempt's body and closing marker
+            assert last_boxed(piece) in ((None, "8") if learned else tuple(set("0123456789") - {"8"}))
+            assert learned or piece.endswith(C)
+        seen_lengths.add(parsed.num_trials)
+    assert {3, 4, 5} <= seen_lengths  # the slips make the vote go on
+    clean = demonstration_segments(problem, "sv", random.Random(0))  # slip_rate 0: three right attempts
+    assert all(learned for _, learned in clean) and parse("".join(t for t, _ in clean)).num_trials == CONSENSUS
+
+
+def test_majority_is_the_plurality_and_vote_stops_at_consensus():
+    assert majority(["1", "2", "2", None, "1 "]) == "1"  # tie between 1 and 2: the first seen
+    assert majority(["3", "4", "4"]) == "4" and majority([None, None]) is None
+    answers = ["a", "a", "b", "a", "b", "b", "b", "b"]
+    assert vote(answers) == "a" and majority(answers) == "b"  # a reaches three first

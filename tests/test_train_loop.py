@@ -12,9 +12,9 @@ import pytest
 from conftest import subprocess_env
 import torch
 
-from ibpo_fast import budget
-from ibpo_fast.models import char_tokenizer, tiny_model
-from ibpo_fast.rollout import ArithmeticTask, Problem, Rollout
+from ibpo_fast import budget, pack
+from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model
+from ibpo_fast.rollout import FORMATS, ArithmeticTask, HFSampler, Problem, Rollout, prompt_text
 from ibpo_fast.train import TrainConfig, train
 from ibpo_fast.train.config import load_config
 from ibpo_fast.train import phases
@@ -34,10 +34,11 @@ def _lines(path):
 
 
 def _samples(rewards, groups, prompts, tokenizer):
-    pairs = [(tokenizer("auto:1+2\n").input_ids, tokenizer("[TRIAL]3[/TRIAL]" if g else "3").input_ids) for g in groups]
+    texts = ["[TRIAL]3[/TRIAL]" if g else "3" for g in groups]
+    pairs = [(tokenizer("auto:1+2\n").input_ids, tokenizer(t).input_ids) for t in texts]
     n = len(rewards)
-    return phases.Samples(pairs, np.array(prompts), np.ones(n, np.int64), np.array(rewards, float),
-                          np.array(groups), np.full(n, np.nan), np.zeros(n))
+    return phases.Samples(pairs, texts, np.array(prompts), np.ones(n, np.int64), np.array(rewards, float),
+                          np.array(groups), np.full(n, phases.ADAPTIVE), np.full(n, np.nan), np.zeros(n))
 
 
 def test_every_response_truncated_gives_a_zero_loss_step_that_is_still_logged(tmp_path):
@@ -80,8 +81,9 @@ def test_nan_reward_raises():
 
     problem = Problem("p", "1+2", "3", 1)
     rollout = Rollout(0, [1, 5], [6, 2], "\\boxed{3}", np.zeros(2, np.float32), False)
+    drawn = phases.Drawn([rollout], np.array([phases.ADAPTIVE]), {fmt: [[1, 5]] for fmt in FORMATS})
     with pytest.raises(ValueError, match="NaN"):
-        phases.grade(NanTask(), [problem], [rollout], 0)
+        phases.grade(NanTask(), [problem], drawn, 0)
 
 
 def test_malformed_responses_grade_zero_and_group_by_trials():
@@ -91,8 +93,9 @@ def test_malformed_responses_grade_zero_and_group_by_trials():
     truncated = [False, False, False, True, False]
     rollouts = [Rollout(0, [1, 5], tokenizer(t, add_special_tokens=False).input_ids, t, np.zeros(1, np.float32), cut)
                 for t, cut in zip(texts, truncated)]
-    samples = phases.grade(ArithmeticTask(), [problem], rollouts, first=0)
-    phases.assign_groups(samples, [tokenizer.convert_tokens_to_ids("[TRIAL]")], extended_trials=2)
+    drawn = phases.Drawn(rollouts, np.full(len(rollouts), phases.ADAPTIVE), {fmt: [[1, 5]] for fmt in FORMATS})
+    samples = phases.grade(ArithmeticTask(), [problem], drawn, first=0)
+    phases.assign_groups(samples, extended_trials=2)
     assert samples.reward.tolist() == [0, 0, 0, 0, 1]  # the right answer cut by max_new_tokens counts 0
     assert samples.group.tolist() == [0, 0, 1, 0, 1]
 
@@ -154,3 +157,56 @@ def test_any_seed_runs(tmp_path):
         derive_seed(-1)
     train(TrainConfig(**{**SMALL, "warmup_steps": 1, "steps": 1}, seed=10**12, out=str(tmp_path)))
     assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == [0]
+
+
+def test_exploration_samples_are_trained_under_the_adaptive_prompt():
+    """A response drawn under a forced prompt is trained as an answer to the adaptive prompt: its training
+    pair holds the adaptive prompt's ids, the update's log-prob of it is the trainer's under that prompt, and
+    the sampler-vs-trainer metric leaves it out (it was drawn under another prompt). With anchoring it is
+    also trained under the forced prompt of its group."""
+    tokenizer = char_tokenizer()
+    torch.manual_seed(0)
+    policy = Policy(tiny_model(len(tokenizer), seed=0))
+    problem = Problem("p", "1+0%10", "1", 1)
+    prompts = {fmt: encode_prompts(tokenizer, [prompt_text(problem, fmt)]) for fmt in FORMATS}
+    response = "1+0=1 \\boxed{1}"
+    ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    rollouts = [Rollout(0, prompts[fmt][0], ids, response, np.full(len(ids), -0.5, np.float32), False)
+                for fmt in ("regular", "asv")]
+    drawn = phases.Drawn(rollouts, np.array([FORMATS.index("regular"), phases.ADAPTIVE]), prompts)
+    samples = phases.grade(ArithmeticTask(), [problem], drawn, first=0)
+    phases.assign_groups(samples, extended_trials=2)
+    assert [pair[0] for pair in samples.pairs] == [prompts["asv"][0]] * 2
+    assert np.isnan(samples.sampler_logp[0]) and samples.sampler_logp[1] == pytest.approx(-0.5 * len(ids))
+    samples.weight = np.array([1.0, 0.0])
+    expected = pack([(prompts["asv"][0], ids)])
+    with torch.no_grad():
+        logp_adaptive = policy(expected, torch.zeros(1))[0]
+    for anchor in (False, True):
+        pairs, owners = phases.training_pairs(samples, np.array([0]), anchor)
+        assert pairs[0] == (prompts["asv"][0], ids) and owners.tolist() == [0] * (1 + anchor)
+        if anchor:
+            assert pairs[1] == (prompts["regular"][0], ids)  # group 0: the forced regular prompt
+        figures = phases.update(policy, samples, samples.weight, samples.response_tokens(), WORLD, TrainConfig(),
+                                anchor=anchor)
+        assert not figures["skipped"] and figures["tokens"] == 0.0  # no directly sampled row selected
+        policy.zero_grad()
+    with torch.no_grad():
+        seq_logp, _ = policy(pack(phases.training_pairs(samples, np.array([0]), False)[0]), torch.ones(1))
+    assert seq_logp[0].item() == pytest.approx(logp_adaptive[0].item(), abs=1e-5)
+
+
+def test_samples_per_format_and_generate_draw_under_each_prompt():
+    cfg = TrainConfig(samples_per_prompt=8, explore_per_group=2)
+    assert phases.samples_per_format(cfg) == {"asv": 4, "regular": 2, "sv": 2}
+    assert phases.samples_per_format(TrainConfig(mode="sft", explore_per_group=2))["regular"] == 0
+    with pytest.raises(ValueError, match="explore_per_group"):
+        TrainConfig(samples_per_prompt=3, explore_per_group=2)
+    tokenizer = char_tokenizer()
+    model = tiny_model(len(tokenizer), seed=0)
+    sampler = HFSampler(model, tokenizer, max_new_tokens=4, batch_size=16, progress=False)
+    problems = ArithmeticTask().problems("train", 3, seed=0)
+    drawn = phases.generate(sampler, tokenizer, problems, 0, TrainConfig(**{**SMALL, "samples_per_prompt": 4}), step=0)
+    assert np.bincount(drawn.formats, minlength=3).tolist() == [3, 3, 6]  # regular, sv, asv
+    for rollout, fmt in zip(drawn.rollouts, drawn.formats):
+        assert rollout.prompt_ids == drawn.prompts[FORMATS[fmt]][rollout.prompt_index]

@@ -80,34 +80,47 @@ def _vote_key(answer: str) -> str:
     return re.sub(r"\s+", "", answer)
 
 
-def vote(answers: list[str | None]) -> str | None:
-    """Sequential vote: the first answer to reach `CONSENSUS` occurrences, else the most frequent, ties
-    to the one seen first; None answers abstain. Answers equal up to whitespace count as one."""
-    counts: Counter[str] = Counter()
+@dataclass(frozen=True)
+class _Tally:
+    counts: dict[str, int]  # votes per answer key, keys in order of first occurrence
+    first_seen: dict[str, str]  # the answer as first written, per key
+    consensus: int | None  # index of the answer that completed the first `CONSENSUS`, None without one
+
+
+def _tally(answers: list[str | None]) -> _Tally:
+    """Count the votes; None answers abstain, answers equal up to whitespace count as one."""
+    counts: dict[str, int] = {}
     first_seen: dict[str, str] = {}
-    for answer in answers:
+    consensus = None
+    for i, answer in enumerate(answers):
         if answer is None:
             continue
         key = _vote_key(answer)
         first_seen.setdefault(key, answer)
-        counts[key] += 1
-        if counts[key] == CONSENSUS:
-            return first_seen[key]
-    if not counts:
-        return None
-    # max() keeps the first maximal key, and keys are in order of first occurrence.
-    return first_seen[max(counts, key=counts.__getitem__)]
+        counts[key] = counts.get(key, 0) + 1
+        if consensus is None and counts[key] == CONSENSUS:
+            consensus = i
+    return _Tally(counts, first_seen, consensus)
 
 
-def _consensus_index(answers: list[str | None]) -> int | None:
-    """Index of the trial that completes the first consensus, None without one."""
-    counts: Counter[str] = Counter()
-    for i, answer in enumerate(answers):
-        if answer is not None:
-            counts[_vote_key(answer)] += 1
-            if counts[_vote_key(answer)] == CONSENSUS:
-                return i
-    return None
+def _most_frequent(tally: _Tally) -> str | None:
+    # max() keeps the first maximal key, and keys are in order of first occurrence
+    return tally.first_seen[max(tally.counts, key=tally.counts.__getitem__)] if tally.counts else None
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """Plurality vote (self-consistency): the most frequent answer, ties to the one seen first; None answers
+    abstain; answers equal up to whitespace count as one."""
+    return _most_frequent(_tally(answers))
+
+
+def vote(answers: list[str | None]) -> str | None:
+    """Sequential vote: the first answer to reach `CONSENSUS` occurrences, else the most frequent, ties
+    to the one seen first; None answers abstain. Answers equal up to whitespace count as one."""
+    tally = _tally(answers)
+    if tally.consensus is not None:
+        return tally.first_seen[_vote_key(answers[tally.consensus])]
+    return _most_frequent(tally)
 
 
 def parse(response_text: str) -> Parsed:
@@ -125,7 +138,7 @@ def parse(response_text: str) -> Parsed:
         answers.append(last_boxed(body) if closed else None)
         well_formed &= bool(closed) and answers[-1] is not None and not tail.strip()
     counted = answers[:MAX_TRIALS]  # attempts past the cap are cost, not votes
-    consensus = _consensus_index(counted)
+    consensus = _tally(counted).consensus
     well_formed &= len(blocks) <= MAX_TRIALS and consensus in (None, len(blocks) - 1)
     return Parsed(answers, len(blocks), vote(counted), well_formed)
 
@@ -188,39 +201,61 @@ def _attempt(problem: Problem, rng: random.Random | None, reverse: bool = False)
     return f"The answer is \\boxed{{{problem.answer}}}"
 
 
-def _voting_demo(problem: Problem, rng: random.Random, num_trials: int) -> str:
-    if not 1 <= num_trials <= MAX_TRIALS:
-        raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
-    num_wrong = max(0, num_trials - CONSENSUS)
-    # The last trial completes the consensus; the other right ones fall anywhere before it.
-    wrong_slots = set(rng.sample(range(num_trials - 1), num_wrong))
-    trials, wrong_answers = [], Counter()
-    for i in range(num_trials):
+def _voting_segments(problem: Problem, rng: random.Random, wrong: list[bool]) -> list[tuple[str, bool]]:
+    """Trials of a voting demonstration, attempt i wrong where wrong[i]: (text, learned) segments where a
+    wrong attempt's body is not learned (its opening marker, the decision to try again, is)."""
+    segments, wrong_answers = [], Counter()
+    for i, is_wrong in enumerate(wrong):
         # Attempts alternate between the two orders of the running sums, so each one is computed afresh.
         correct = _attempt(problem, None, reverse=i % 2 == 1)
         text = correct
-        while i in wrong_slots and text == correct:
+        while is_wrong and text == correct:
             candidate = _attempt(problem, rng, reverse=i % 2 == 1)
             answer = last_boxed(candidate)
             # A slip must not win the vote: it differs from the answer and occurs at most twice.
             if answer != problem.answer and wrong_answers[answer] < CONSENSUS - 1:
                 wrong_answers[answer] += 1
                 text = candidate
-        trials.append(f"{TRIAL_OPEN}{text}{TRIAL_CLOSE}")
-    return "".join(trials)
+        if is_wrong:
+            segments += [(TRIAL_OPEN, True), (f"{text}{TRIAL_CLOSE}", False)]
+        else:
+            segments.append((f"{TRIAL_OPEN}{text}{TRIAL_CLOSE}", True))
+    return segments
 
 
-def demonstration(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int | None = None,
-                  hard_level: int = HARD_LEVEL) -> str:
-    """A response in format `fmt` whose final answer is right, for warm-up SFT. Voting demonstrations
-    reach consensus at once by default (`CONSENSUS` right attempts), so the only wrong attempts the
-    model ever votes over are its own slips: demonstrated wrong attempts taught the tiny model to make
-    them, and its votes then gained little over one attempt (measured). `num_trials` above `CONSENSUS`
-    puts that many minus `CONSENSUS` wrong attempts (plausible slips) before the consensus. `asv` votes
+def _wrong_attempts(rng: random.Random, num_trials: int | None, slip_rate: float) -> list[bool]:
+    """Which attempts are wrong: `num_trials` given, that many minus CONSENSUS anywhere before the last
+    (which completes the consensus); else each attempt is wrong with probability `slip_rate` until
+    CONSENSUS right ones are in, never so many that MAX_TRIALS could not hold them."""
+    if num_trials is not None:
+        if not 1 <= num_trials <= MAX_TRIALS:
+            raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
+        slots = set(rng.sample(range(num_trials - 1), max(0, num_trials - CONSENSUS)))
+        return [i in slots for i in range(num_trials)]
+    wrong: list[bool] = []
+    while wrong.count(False) < CONSENSUS:
+        room = MAX_TRIALS - len(wrong) > CONSENSUS - wrong.count(False)
+        wrong.append(room and rng.random() < slip_rate)
+    return wrong
+
+
+def demonstration_segments(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int | None = None,
+                           slip_rate: float = 0.0, hard_level: int = HARD_LEVEL) -> list[tuple[str, bool]]:
+    """A response in format `fmt` whose final answer is right, for warm-up SFT, as (text, learned)
+    segments. A voting demonstration goes on until `CONSENSUS` attempts agree: each attempt is wrong (a
+    plausible slip that never wins the vote) with probability `slip_rate`, or `num_trials` fixes the count
+    (that many minus `CONSENSUS` wrong attempts before the consensus). Wrong attempts are context, never
+    learned: learned slips taught the tiny model to make them (measured), while wrong attempts in context
+    teach it to try again when the answers so far disagree, and to stop once three agree. `asv` votes
     from `hard_level` up and answers once below it."""
     _check_format(fmt)
     if fmt == "sv" or (fmt == "asv" and problem.level >= hard_level):
-        return _voting_demo(problem, rng, CONSENSUS if num_trials is None else num_trials)
+        return _voting_segments(problem, rng, _wrong_attempts(rng, num_trials, slip_rate))
     if num_trials is not None:
         raise ValueError(f"num_trials applies to voting responses only, got {num_trials} for a regular one")
-    return _attempt(problem, None)
+    return [(_attempt(problem, None), True)]
+
+
+def demonstration(problem: Problem, fmt: str, rng: random.Random, **options) -> str:
+    """The text of `demonstration_segments(problem, fmt, rng, **options)`."""
+    return "".join(text for text, _ in demonstration_segments(problem, fmt, rng, **options))

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ibpo_fast import budget
-from ibpo_fast.models import load_model, trial_marker_ids
+from ibpo_fast.models import load_model
 from ibpo_fast.rollout import ArithmeticTask, HFSampler, JsonlMathTask, ReasoningGymTask
 from ibpo_fast.train import checkpoint, distributed
 from ibpo_fast.train.config import TrainConfig
@@ -39,12 +39,13 @@ class Run:
     replica: distributed.SamplerReplica
     sampler: HFSampler
     task: object
-    marker: list[int]
     buffer: budget.SampleBuffer
     out: Path
     start_step: int
     metrics: MetricLogger
     warmup_metrics: MetricLogger
+    stopped_at: int | None = None  # the step a Ctrl-C (interrupted) or `stop_after` stopped the run at
+    interrupted: bool = False
 
 
 def build(cfg: TrainConfig) -> Run:
@@ -71,5 +72,5 @@ def build(cfg: TrainConfig) -> Run:
     logger = lambda name, first: MetricLogger(  # noqa: E731
         out / name, enabled=world.is_main, resume_step=first if resuming else None, tensorboard=cfg.tensorboard)
     return Run(cfg, world, tokenizer, policy, optimizer, replica, sampler, make_task(cfg.task, cfg.levels),
-               trial_marker_ids(tokenizer), buffer, out, start,
+               buffer, out, start,
                logger("metrics.jsonl", start - cfg.warmup_steps), logger("warmup.jsonl", start))

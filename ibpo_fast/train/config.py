@@ -53,6 +53,9 @@ class TrainConfig:
     """SFT steps on demonstrations before the main phase (the tiny model needs them to learn the formats)."""
     warmup_batch: int = 64
     """Demonstrations per warm-up step (global, split across ranks)."""
+    demo_slip_rate: float = 0.3
+    """Share of wrong attempts in the voting demonstrations of the warm-up and SFT baselines: context only,
+    never learned, they teach the model to go on voting until three answers agree."""
     prompts_per_step: int = 16
     """P: prompts per step, global; every rank takes P / world_size of them."""
     samples_per_prompt: int = 8
@@ -69,8 +72,18 @@ class TrainConfig:
     number of ranks; 1 makes a 2-process run sample exactly what a 1-process run samples."""
     q: float = 0.5
     """Budget: the share of extended responses allowed, of m · P (DESIGN.md §1). Ignored in rft / sft."""
-    utility: str = "reward"
-    """Utility handed to the ILP: "reward" or the paper's "margin"."""
+    utility: str = "value"
+    """Utility handed to the ILP (`budget.utilities`): "value" (reward x the success rate of the sample's group
+    on its prompt: the budget buys voting where it beats answering once the most), "reward" (reward alone:
+    credits a group when any one of its samples is right, so voting is never needed) or the paper's "margin"
+    (reward minus the other groups' mean: no target on easy prompts)."""
+    explore_per_group: int = 1
+    """Exploration: of each prompt's n samples, this many are drawn under the forced regular prompt and as many
+    under the forced voting prompt (the rest under the adaptive one), and trained as answers to the adaptive
+    prompt, so both groups' success rates are estimated on every prompt (ibpo / rft only)."""
+    anchor_forced: bool = True
+    """Also train each selected sample under the forced prompt of its group, so the forced regular and voting
+    modes (the references of the frontier) do not drift while the adaptive prompt learns (ibpo / rft only)."""
     max_per_prompt: int | None = 1
     """m: at most m selected responses per prompt (null: no per-prompt rows)."""
     accumulate_steps: int = 1
@@ -102,6 +115,8 @@ class TrainConfig:
     """Continue from `out`/checkpoint.pt when it exists."""
     stop_after: int = 0
     """Stop (with a checkpoint) after this many steps in total (0: run to the end); for resume tests."""
+    summary_problems_per_level: int = 64
+    """Held-out test problems per level answered at the end of the run for summary.json (0: none)."""
     progress: bool = True
     """tqdm progress bars (rank 0)."""
     tensorboard: bool = True
@@ -118,7 +133,9 @@ class TrainConfig:
             (self.max_new_tokens >= 1 and self.temperature > 0, "max_new_tokens", ">= 1 with temperature > 0"),
             (self.generate_batch >= 1 and self.generate_prompts >= 0, "generate_batch", ">= 1, generate_prompts >= 0"),
             (0.0 <= self.q <= 1.0, "q", "in [0, 1]"),
-            (self.utility in ("reward", "margin"), "utility", '"reward" or "margin"'),
+            (self.utility in ("value", "reward", "margin"), "utility", '"value", "reward" or "margin"'),
+            (0 <= 2 * self.explore_per_group <= self.samples_per_prompt, "explore_per_group",
+             f">= 0 with 2 x explore_per_group <= samples_per_prompt ({self.samples_per_prompt})"),
             (self.max_per_prompt is None or self.max_per_prompt >= 1, "max_per_prompt", ">= 1 or null"),
             (self.accumulate_steps >= 1 and self.extended_trials >= 1, "accumulate_steps", ">= 1 (and extended_trials)"),
             (self.ilp_method in ("auto", "exact", "highs"), "ilp_method", '"auto", "exact" or "highs"'),
@@ -127,6 +144,8 @@ class TrainConfig:
             (self.max_row_tokens >= 1 and self.checkpoint_every >= 0, "max_row_tokens", ">= 1, checkpoint_every >= 0"),
             (self.stop_after >= 0, "stop_after", ">= 0"),
             (self.seed >= 0, "seed", ">= 0"),
+            (0.0 <= self.demo_slip_rate < 1.0, "demo_slip_rate", "in [0, 1)"),
+            (self.summary_problems_per_level >= 0, "summary_problems_per_level", ">= 0"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -144,8 +163,14 @@ class EvalConfig:
     """A run folder (its model.pt) or a checkpoint file."""
     problems_per_level: int = 64
     """Test problems per difficulty level."""
+    method: str = "sample"
+    """"sample": every response scored on its own (`samples_per_problem` per problem, `prompt_format`);
+    "sc": self-consistency, `k` regular-format answers per problem and the majority of their final answers
+    (ties to the first seen), costing all k responses' tokens."""
+    k: int = 4
+    """Answers per problem of method "sc"."""
     samples_per_problem: int = 1
-    """Responses drawn per problem."""
+    """Responses drawn per problem (method "sample")."""
     max_new_tokens: int = 0
     """0: the run's own cap."""
     temperature: float = 1.0
@@ -163,6 +188,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.problems_per_level < 1 or self.samples_per_problem < 1:
             raise ValueError("problems_per_level and samples_per_problem must be >= 1")
+        if self.method not in ("sample", "sc") or self.k < 1:
+            raise ValueError(f"method must be 'sample' or 'sc' and k >= 1, got {self.method!r}, k={self.k}")
         if self.max_new_tokens < 0 or not self.temperature > 0:
             raise ValueError("max_new_tokens must be >= 0 and temperature > 0")
         if self.seed < 0:

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ibpo_fast.seeding import derive_seed
-from ibpo_fast.train import checkpoint, distributed, phases
+from ibpo_fast.train import checkpoint, distributed, phases, summary
 from ibpo_fast.train.components import Run, build
 from ibpo_fast.train.config import TrainConfig
 from ibpo_fast.train.metrics import PhaseTimer, rollout_record
@@ -28,27 +28,57 @@ WARMUP_FORMATS = (("regular", "regular"), ("sv", "sv"), ("asv", "regular"), ("as
 
 
 def train(cfg: TrainConfig) -> Run:
+    """Run (or resume) the warm-up and the main phase; at the end save the model and the held-out summary.
+    `run.stopped_at` is the step a Ctrl-C or `stop_after` stopped at (a checkpoint is saved), else None."""
     run = build(cfg)
-    stop = _StopOnSigint()
+    say = print if run.world.is_main else (lambda *_: None)
     total = cfg.warmup_steps + cfg.steps
     end = min(total, cfg.stop_after) if cfg.stop_after else total
-    bar = tqdm(range(run.start_step, end), desc="train", disable=not (cfg.progress and run.world.is_main))
-    for step in bar:
-        record = one_step(run, step)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", reward=f"{record.get('reward_mean', 1.0):.2f}")
-        interrupted = distributed.any_rank(run.world, stop.requested)
-        if interrupted or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-            _save(run, step + 1)
-        if interrupted:
+    if run.start_step:
+        say(f"resumed from step {run.start_step} of {total} ({run.out / checkpoint.CHECKPOINT})")
+    stop = _StopOnSigint()
+    for label, steps in _phases(cfg, run.start_step, end):
+        bar = tqdm(steps, desc=label, disable=not (cfg.progress and run.world.is_main))
+        for step in bar:
+            bar.set_postfix(_progress(one_step(run, step), cfg), refresh=False)
+            interrupted = distributed.any_rank(run.world, stop.requested)
+            if interrupted or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+                _save(run, step + 1)
+            if interrupted:
+                run.stopped_at, run.interrupted = step + 1, True
+                break
+        bar.close()
+        if run.stopped_at is not None:
             break
     else:
         _save(run, end)
-        if end == total:
+        if end < total:
+            run.stopped_at = end
+        else:
             checkpoint.save_model(run.out, policy=run.policy, cfg=cfg, world=run.world)
+            summary.finish(run)
     stop.restore()
     run.metrics.close(), run.warmup_metrics.close()
     distributed.shutdown(run.world)
     return run
+
+
+def _phases(cfg: TrainConfig, start: int, end: int):
+    """(progress label, steps) of the warm-up and of the main phase that fall in [start, end)."""
+    main = {"ibpo": f"ibpo q={cfg.q:g}", "rft": "rft", "sft": f"sft-{cfg.sft_format}"}[cfg.mode]
+    for label, first, last in (("warm-up", 0, cfg.warmup_steps), (main, cfg.warmup_steps, cfg.warmup_steps + cfg.steps)):
+        steps = range(max(first, start), min(last, end))
+        if len(steps):
+            yield label, steps
+
+
+def _progress(record: dict, cfg: TrainConfig) -> dict:
+    """The progress bar's figures: the loss in SFT steps; reward and extended shares (sampled by the policy,
+    selected by the ILP) against q in RL steps."""
+    if "reward_mean" not in record:
+        return {"loss": f"{record['loss']:.3f}"}
+    return {"reward": f"{record['reward_mean']:.2f}", "extended": f"{record['sampled_extended_share']:.2f}",
+            "selected": f"{record['selected_extended_share']:.2f}", "q": f"{cfg.budget:g}"}
 
 
 def one_step(run: Run, step: int) -> dict:
@@ -80,14 +110,14 @@ def rl_step(run: Run, step: int) -> dict:
     problems, first = phases.shard(run.task.problems("train", cfg.prompts_per_step, seed=_data_seed(cfg, step)), world)
     with timer("generate"):
         run.replica.refresh()
-        rollouts = phases.generate(run.sampler, run.tokenizer, problems, first, cfg, step)
+        drawn = phases.generate(run.sampler, run.tokenizer, problems, first, cfg, step)
     with timer("grade"):
-        samples = phases.grade(run.task, problems, rollouts, first)
+        samples = phases.grade(run.task, problems, drawn, first)
     with timer("group"):
-        phases.assign_groups(samples, run.marker, cfg.extended_trials)
+        phases.assign_groups(samples, cfg.extended_trials)
     with timer("ilp"):
         gathered, selection = phases.select(world, samples, run.buffer, cfg)
-    figures = _update(run, samples, gathered["weight"], gathered["tokens"], cfg.lr, timer)
+    figures = _update(run, samples, gathered["weight"], gathered["tokens"], cfg.lr, timer, anchor=cfg.anchor_forced)
     record = {"q": cfg.budget, "mode": cfg.mode, **figures, **rollout_record(gathered, selection, cfg)}
     return {**record, "tokens_per_s": float(gathered["tokens"].sum()) / sum(timer.seconds.values()),
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
@@ -98,8 +128,9 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
     cfg, world, timer = run.cfg, run.world, PhaseTimer(run.world.device)
     problems, first = phases.shard(run.task.problems("train", batch, seed=_data_seed(cfg, step)), world)
     samples = phases.demonstrations(run.tokenizer, problems, first, seed=cfg.seed, step=step, formats=formats,
-                                    verbose=cfg.verbose_prompts)
-    gathered = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
+                                    verbose=cfg.verbose_prompts, extended_trials=cfg.extended_trials,
+                                    slip_rate=cfg.demo_slip_rate)
+    gathered = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.learned_tokens(),
                                                   "group": samples.group})
     figures = _update(run, samples, gathered["weight"], gathered["tokens"], lr, timer)
     return {"mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", **figures,
@@ -108,11 +139,11 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
 
 
-def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseTimer) -> dict:
+def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseTimer, *, anchor=False) -> dict:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with timer("forward_backward"):
-        local = phases.update(run.policy, samples, all_weights, all_tokens, run.world, run.cfg)
+        local = phases.update(run.policy, samples, all_weights, all_tokens, run.world, run.cfg, anchor=anchor)
     with timer("optimizer"):
         if not local["skipped"]:  # skipping is global: the decision comes from gathered arrays
             phases.optimizer_step(run.policy, run.optimizer, run.cfg.max_grad_norm)
@@ -121,7 +152,7 @@ def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseT
                                                       for key in ("loss", "abs_diff", "tokens")})
     return {"loss": float(parts["loss"].mean()), "update_skipped": local["skipped"],
             "logprob_abs_diff": float(parts["abs_diff"].sum() / max(parts["tokens"].sum(), 1.0)),
-            "train_tokens": int(np.dot(all_weights, all_tokens))}
+            "train_tokens": (1 + anchor) * int(np.dot(all_weights, all_tokens))}
 
 
 def _data_seed(cfg: TrainConfig, step: int) -> int:

@@ -1,5 +1,12 @@
 """The phases of one step, each a function the loop calls in order (DESIGN.md §5).
 
+Exploration (DESIGN §1): of each prompt's n samples, `explore_per_group` are drawn under the forced
+regular prompt and as many under the forced voting prompt, the rest under the adaptive (ASV) prompt the
+policy is trained with; every sample, whatever prompt drew it, is trained as an answer to the adaptive
+prompt, so the group values r̄_g(p) exist for every prompt even once the policy stops choosing a group
+there. With `anchor_forced`, each selected sample is also trained under the forced prompt of its own group
+(regular or voting), which keeps the forced modes, the references of the frontier, from drifting.
+
 Documented behaviour on odd batches:
 * malformed responses (no answer, broken trials) grade 0 and a response cut at `max_new_tokens` grades
   0 too (learning from it would teach the model not to stop); they stay in the batch, so they count
@@ -22,24 +29,48 @@ import torch
 from ibpo_fast import budget, grouping
 from ibpo_fast.models import encode_prompts
 from ibpo_fast.packing import pack
-from ibpo_fast.rollout import Grader, demonstration, prompt_text
+from ibpo_fast.rollout import FORMATS, Grader, demonstration_segments, prompt_text
 from ibpo_fast.seeding import derive_seed
 from ibpo_fast.train.distributed import World, all_gather_arrays
+
+ADAPTIVE = FORMATS.index("asv")
+FORCED = ("regular", "sv")  # the forced prompt of group 0 (regular) and of the extended groups (voting)
 
 
 @dataclass
 class Samples:
     """This rank's sampled (or demonstrated) responses of one step; per-sample arrays are [N]."""
-    pairs: list[tuple[list[int], list[int]]]  # (prompt ids, response ids)
+    pairs: list[tuple[list[int], list[int]]]  # (ids of the prompt it is trained under, response ids)
+    texts: list[str]  # the responses decoded, as the grader and the grouper read them
     prompt: np.ndarray  # int64, global prompt id within the step
     level: np.ndarray  # int64, difficulty of the prompt
     reward: np.ndarray  # float64
     group: np.ndarray  # int64, 0 regular, 1 extended
-    sampler_logp: np.ndarray  # float64, sum over the response under the sampler (NaN for demonstrations)
+    sampled_format: np.ndarray  # int64, index in FORMATS of the prompt that drew the response
+    sampler_logp: np.ndarray  # float64, summed over the response under the sampler; NaN when that prompt is
+    # not the one it is trained under (forced exploration samples) and for demonstrations
     weight: np.ndarray  # float64, the ILP's 0/1 (or 1 for demonstrations)
+    forced_prompts: list[tuple[list[int], list[int]]] | None = None  # per sample: its problem's (regular, sv)
+    # prompt ids, for anchoring; None for demonstrations
+    response_masks: list[list[bool]] | None = None  # per sample, which response tokens are learned (None: all)
 
     def response_tokens(self) -> np.ndarray:
+        """Generated tokens of each response (its inference cost)."""
         return np.array([len(response) for _, response in self.pairs], np.int64)
+
+    def learned_tokens(self) -> np.ndarray:
+        """Learned tokens of each response (the loss normaliser counts these)."""
+        if self.response_masks is None:
+            return self.response_tokens()
+        return np.array([sum(mask) for mask in self.response_masks], np.int64)
+
+
+@dataclass
+class Drawn:
+    """One step's rollouts on this rank and the prompts that drew them."""
+    rollouts: list  # rollout.Rollout, prompt_index = the problem's index in this rank's share
+    formats: np.ndarray  # [N] int64 index in FORMATS of the prompt that drew each rollout
+    prompts: dict[str, list[list[int]]]  # per format, the prompt ids of every problem
 
 
 def shard(items: list, world: World) -> tuple[list, int]:
@@ -50,63 +81,88 @@ def shard(items: list, world: World) -> tuple[list, int]:
     return items[world.rank * size:(world.rank + 1) * size], world.rank * size
 
 
-def generate(sampler, tokenizer, problems, first, cfg, step: int) -> list:
-    """n rollouts per problem with the ASV prompt (the policy chooses regular or voting), sampled in
-    calls of `generate_prompts` prompts, each seeded by (seed, step, its first global prompt)."""
-    prompt_ids = encode_prompts(tokenizer, [prompt_text(p, "asv", verbose=cfg.verbose_prompts) for p in problems])
+def samples_per_format(cfg) -> dict[str, int]:
+    """How many of each prompt's n samples each prompt format draws (exploration, module docstring)."""
+    explore = cfg.explore_per_group if cfg.mode != "sft" else 0
+    return {"asv": cfg.samples_per_prompt - 2 * explore, "regular": explore, "sv": explore}
+
+
+def generate(sampler, tokenizer, problems, first, cfg, step: int) -> Drawn:
+    """The step's samples of every problem (`samples_per_format`), drawn in calls of `generate_prompts`
+    prompts, each seeded by (seed, step, its first global prompt, format)."""
+    prompts = {fmt: encode_prompts(tokenizer, [prompt_text(p, fmt, verbose=cfg.verbose_prompts) for p in problems])
+               for fmt in FORMATS}
     chunk = cfg.generate_prompts or len(problems)
-    rollouts = []
+    rollouts, formats = [], []
     for start in range(0, len(problems), chunk):
-        seed = derive_seed(cfg.seed, "sample", step, first + start)
-        for r in sampler.generate(prompt_ids[start:start + chunk], cfg.samples_per_prompt, seed=seed):
-            rollouts.append(replace(r, prompt_index=r.prompt_index + start))
-    return rollouts
+        for fmt, count in samples_per_format(cfg).items():
+            if count == 0:
+                continue
+            seed = derive_seed(cfg.seed, "sample", step, first + start, fmt)
+            for r in sampler.generate(prompts[fmt][start:start + chunk], count, seed=seed):
+                rollouts.append(replace(r, prompt_index=r.prompt_index + start))
+                formats.append(FORMATS.index(fmt))
+    return Drawn(rollouts, np.array(formats, np.int64), prompts)
 
 
-def grade(task, problems, rollouts, first: int) -> Samples:
+def grade(task, problems, drawn: Drawn, first: int) -> Samples:
+    """Rewards of every rollout; each is paired with the adaptive prompt it is trained under."""
+    rollouts = drawn.rollouts
     owners = [problems[r.prompt_index] for r in rollouts]
-    scores = Grader(task).score(owners, [r.text for r in rollouts])
+    texts = [r.text for r in rollouts]
+    scores = Grader(task).score(owners, texts)
     if not np.all(np.isfinite(scores.reward)):
         raise ValueError("grader returned a NaN or infinite reward")
     reward = np.where([r.truncated for r in rollouts], 0.0, scores.reward.astype(np.float64))
+    adaptive = drawn.prompts["asv"]
+    sampler_logp = np.array([float(np.sum(r.logprobs)) for r in rollouts], np.float64)
     return Samples(
-        pairs=[(list(r.prompt_ids), list(r.response_ids)) for r in rollouts],
+        pairs=[(adaptive[r.prompt_index], list(r.response_ids)) for r in rollouts],
+        texts=texts,
         prompt=np.array([first + r.prompt_index for r in rollouts], np.int64),
         level=np.array([p.level for p in owners], np.int64),
         reward=reward,
         group=np.zeros(len(rollouts), np.int64),
-        sampler_logp=np.array([float(np.sum(r.logprobs)) for r in rollouts], np.float64),
+        sampled_format=drawn.formats,
+        sampler_logp=np.where(drawn.formats == ADAPTIVE, sampler_logp, np.nan),
         weight=np.zeros(len(rollouts)),
+        forced_prompts=[tuple(drawn.prompts[fmt][r.prompt_index] for fmt in FORCED) for r in rollouts],
     )
 
 
-def assign_groups(samples: Samples, marker: list[int], extended_trials: int) -> None:
-    packed = pack(samples.pairs)
-    samples.group = grouping.assign(packed.input_ids.numpy(), packed.cu_seqlens.numpy(), packed.loss_mask.numpy(),
-                                    trial_marker=marker, trial_thresholds=(extended_trials,))
+def assign_groups(samples: Samples, extended_trials: int) -> None:
+    samples.group = grouping.response_groups(samples.texts, (extended_trials,))
 
 
-def demonstrations(tokenizer, problems, first, *, seed: int, step: int, formats, verbose: bool) -> Samples:
+def demonstrations(tokenizer, problems, first, *, seed: int, step: int, formats, verbose: bool,
+                   extended_trials: int, slip_rate: float = 0.0) -> Samples:
     """One demonstration per problem, its (prompt format, response format) drawn from `formats` by a
-    generator seeded per (seed, step, global index): the same data whatever the number of ranks."""
-    pairs, groups = [], []
+    generator seeded per (seed, step, global index): the same data whatever the number of ranks. Voting
+    demonstrations hold wrong attempts at `slip_rate`, masked out of the loss (`demonstration_segments`)."""
+    pairs, texts, masks, prompt_formats = [], [], [], []
     for i, problem in enumerate(problems):
         rng = random.Random(derive_seed(seed, "demonstration", step, first + i))
         prompt_fmt, response_fmt = rng.choice(formats)
         prompt = encode_prompts(tokenizer, [prompt_text(problem, prompt_fmt, verbose=verbose)])[0]
-        text = demonstration(problem, response_fmt, rng)
-        pairs.append((prompt, tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]))
-        groups.append(int("[TRIAL]" in text))
+        ids, mask = [], []
+        for text, learned in demonstration_segments(problem, response_fmt, rng, slip_rate=slip_rate):
+            piece = tokenizer(text, add_special_tokens=False).input_ids
+            ids, mask = ids + piece, mask + [learned] * len(piece)
+        pairs.append((prompt, ids + [tokenizer.eos_token_id]))
+        masks.append(mask + [True])
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+        prompt_formats.append(FORMATS.index(prompt_fmt))
     count = len(problems)
-    return Samples(pairs, np.arange(first, first + count), np.array([p.level for p in problems], np.int64),
-                   np.ones(count), np.array(groups, np.int64), np.full(count, np.nan), np.ones(count))
+    return Samples(pairs, texts, np.arange(first, first + count), np.array([p.level for p in problems], np.int64),
+                   np.ones(count), grouping.response_groups(texts, (extended_trials,)),
+                   np.array(prompt_formats, np.int64), np.full(count, np.nan), np.ones(count), response_masks=masks)
 
 
 def select(world: World, samples: Samples, buffer: budget.SampleBuffer, cfg) -> tuple[dict, budget.Selection]:
     """Global ILP: gather every rank's samples, solve over the buffer window, keep this rank's weights.
     Returns the gathered arrays (with their weights) for the metrics."""
     local = {"reward": samples.reward, "group": samples.group, "prompt": samples.prompt, "level": samples.level,
-             "tokens": samples.response_tokens()}
+             "tokens": samples.response_tokens(), "format": samples.sampled_format}
     gathered = all_gather_arrays(world, local)
     utility = budget.utilities(gathered["reward"], gathered["group"], gathered["prompt"], kind=cfg.utility)
     buffer.push(utility, gathered["group"], gathered["prompt"])
@@ -117,28 +173,47 @@ def select(world: World, samples: Samples, buffer: budget.SampleBuffer, cfg) -> 
     return gathered, selection
 
 
-def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg) -> dict:
-    """Weighted SFT step on the selected responses: loss = −Σ_i w_i log π(y_i|x_i) / Z with Z the selected
-    response tokens of all ranks. Only w_i > 0 is packed. Returns local, not yet reduced, figures."""
-    total_tokens = float(np.dot(all_weights, all_tokens))  # Z (counts the eos token as learned)
+def training_pairs(samples: Samples, rows: np.ndarray, anchor: bool) -> tuple[list, np.ndarray]:
+    """(pairs, index of the sample each pair trains) for the selected `rows`: each under the prompt it is
+    trained under, and with `anchor` (RL samples only) also under the forced prompt of its group."""
+    pairs = [samples.pairs[i] for i in rows]
+    owners = list(rows)
+    if anchor and samples.forced_prompts is not None:
+        pairs += [(samples.forced_prompts[i][min(int(samples.group[i]), 1)], samples.pairs[i][1]) for i in rows]
+        owners += list(rows)
+    return pairs, np.array(owners, np.int64)
+
+
+def _masks(samples: Samples, owners: np.ndarray):
+    return None if samples.response_masks is None else [samples.response_masks[i] for i in owners]
+
+
+def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg, *, anchor: bool = False) -> dict:
+    """Weighted SFT step on the selected responses: loss = −Σ_i w_i log π(y_i|x_i) / Z with Z the learned
+    response tokens of all ranks (each anchored copy counts again). Only w_i > 0 is packed. Returns local,
+    not yet reduced, figures."""
+    copies = 2 if anchor else 1  # every rank anchors alike, so Z scales the same everywhere
+    total_tokens = copies * float(np.dot(all_weights, all_tokens))  # Z (counts the eos token as learned)
     if total_tokens == 0:
         return {"loss": 0.0, "abs_diff": 0.0, "tokens": 0.0, "skipped": True}
     chosen = np.flatnonzero(samples.weight > 0)
     dummy = len(chosen) == 0  # keep this rank in the collectives with a zero-weight sequence
-    rows = chosen if not dummy else np.array([0])
-    batch = pack([samples.pairs[i] for i in rows], device=world.device)
+    pairs, owners = training_pairs(samples, chosen if not dummy else np.array([0]), anchor and not dummy)
+    batch = pack(pairs, response_masks=_masks(samples, owners), device=world.device)
     # FSDP averages gradients over ranks: W · w_i / Z makes the average the one-process gradient.
     scale = 0.0 if dummy else world.size / total_tokens
-    seq_weights = torch.as_tensor(samples.weight[rows] * scale, dtype=torch.float32, device=world.device)
+    seq_weights = torch.as_tensor(samples.weight[owners] * scale, dtype=torch.float32, device=world.device)
     seq_logp, loss = policy(batch, seq_weights)
     loss.backward()
     figures = {"loss": loss.detach(), "abs_diff": 0.0, "tokens": 0.0, "skipped": False}
-    sampled = samples.sampler_logp[rows]
-    if not dummy and np.all(np.isfinite(sampled)) and cfg.temperature == 1.0:
-        # Health metric: |sampler − trainer| of each sequence's summed log-prob, per learned token (a
-        # lower bound on the per-token mean |difference|; exact when all differences share a sign).
-        figures["abs_diff"] = torch.abs(seq_logp.double().cpu() - torch.as_tensor(sampled)).sum()
-        figures["tokens"] = float(samples.response_tokens()[rows].sum())
+    # Health metric: |sampler − trainer| of each sequence's summed log-prob, per learned token, over the
+    # sequences trained under the prompt that drew them (a lower bound on the per-token mean |difference|;
+    # exact when all differences share a sign).
+    direct = np.isfinite(samples.sampler_logp[owners]) & (np.arange(len(owners)) < len(chosen))
+    if not dummy and direct.any() and cfg.temperature == 1.0:
+        diff = seq_logp.double().cpu()[torch.as_tensor(direct)] - torch.as_tensor(samples.sampler_logp[owners][direct])
+        figures["abs_diff"] = torch.abs(diff).sum()
+        figures["tokens"] = float(samples.learned_tokens()[owners][direct].sum())
     return figures
 
 
