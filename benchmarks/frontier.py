@@ -36,6 +36,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from benchmarks.common import environment, format_table
 
@@ -43,11 +44,11 @@ EVAL_SEED = 1234  # the held-out problems and the evaluation draws: the same for
 QUICK = dict(warmup_steps=30, warmup_batch=8, steps=2, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=48)
 
 
-def _methods(budgets) -> dict[str, dict]:
+def _methods(budgets, skip=()) -> dict[str, dict]:
     methods = {"rl_q0": {"mode": "ibpo", "q": 0.0}}
     methods.update({f"ibpo_q{q:g}": {"mode": "ibpo", "q": q} for q in budgets})
     methods.update({"sv_sft": {"mode": "sft", "sft_format": "sv"}, "asv_sft": {"mode": "sft", "sft_format": "asv"}})
-    return methods
+    return {name: settings for name, settings in methods.items() if name not in skip}
 
 
 def _train(folder: Path, overrides: dict) -> None:
@@ -92,15 +93,16 @@ def run_seed(seed: int, args) -> dict:
 
     torch.set_num_threads(args.threads)
     folder = Path(args.out) / f"seed{seed}"
-    base = {"seed": seed, **(QUICK if args.quick else {}), **({"steps": args.steps} if args.steps else {})}
+    base = {"seed": seed, **(QUICK if args.quick else {}), **({"steps": args.steps} if args.steps else {}),
+            **{key: yaml.safe_load(value) for key, value in (setting.split("=", 1) for setting in args.set)}}
     _train(folder / "warm", {**base, "steps": 0})
-    methods = _methods(args.budgets)
+    methods = _methods(args.budgets, args.skip)
     for name, settings in methods.items():
         _train(folder / name, {**base, **settings, "warmup_steps": 0, "init_from": str(folder / "warm" / "model.pt")})
     ppl = args.problems_per_level
     plan = {"warm": [("regular", 1), ("sv", 1)], "rl_q0": [("asv", 1), ("regular", args.sc_samples), ("sv", 1)],
             **{name: [("asv", 1), ("regular", 1), ("sv", 1)] for name in methods if name.startswith("ibpo")},
-            "sv_sft": [("asv", 1)], "asv_sft": [("asv", 1)]}
+            **{name: [("asv", 1)] for name in ("sv_sft", "asv_sft") if name in methods}}
     result = {}
     for name, evals in plan.items():
         result[name] = {}
@@ -153,7 +155,7 @@ def seed_rows(res: dict, args) -> tuple[list[dict], dict]:
                     "train_selected_share": res[name]["training"]["selected_extended_share"],
                     "train_sampled_share": res[name]["training"]["sampled_extended_share"]})
         rows.append(row)
-    rows += [{"method": name, **_point(res[name], "asv", unit)} for name in ("sv_sft", "asv_sft")]
+    rows += [{"method": name, **_point(res[name], "asv", unit)} for name in ("sv_sft", "asv_sft") if name in res]
     levels = sorted(res["warm"]["regular"]["levels"], key=int)
     checks = {f"{model} sv-regular L{lvl}": res[model]["sv"]["levels"][lvl]["accuracy"]
               - res[model]["regular"]["levels"][lvl]["accuracy"] for model in ("warm", "rl_q0")
@@ -229,7 +231,7 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
     ibpo = [r for r in rows if r["method"].startswith("ibpo")]
     levels = sorted({key[1:-4] for key in rows[0] if key.startswith("L") and key.endswith("_ext")}, key=int)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in ibpo + [by["asv_sft"]]:
+    for r in ibpo + [by[name] for name in ("asv_sft",) if name in by]:
         ax.plot(levels, [r[f"L{lvl}_ext"] for lvl in levels], "o-", label=r["method"])
     ax.set(xlabel="level", ylabel="extended share at test", title="allocation by difficulty", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
@@ -271,6 +273,9 @@ def main(argv=None):
     parser.add_argument("--sc-k", type=int, nargs="+", default=[2, 3, 4, 6, 8])
     parser.add_argument("--jobs", type=int, default=2, help="seeds trained in parallel, one thread each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per seed")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="TrainConfig fields for every run (YAML values), e.g. --set lr=1e-3 explore_per_group=2")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["sv_sft", "asv_sft"], help="methods left out")
     parser.add_argument("--quick", action="store_true", help="one seed, a few steps, tiny evals: plumbing only")
     parser.add_argument("--device", default="cpu", help="cpu (the tiny model trains on CPU cores)")
     args = parser.parse_args(argv)

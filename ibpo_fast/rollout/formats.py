@@ -1,10 +1,14 @@
 """The paper's response formats, their parser and the warm-up demonstrations.
 
 - `regular`: one chain of thought ending in `\\boxed{answer}`; it contains no trial marker.
-- `sv` (sequential voting): up to 8 attempts `[TRIAL] ... \\boxed{a} [/TRIAL]`, stopping early once one
-  answer has been seen 3 times (consensus); the final answer is the consensus, else the most frequent
-  answer (ties go to the one seen first). Nothing follows the last trial: the vote is computed, not
-  written, so a response is graded by what its trials say.
+- `sv` (sequential voting): attempts `[TRIAL] ... \\boxed{a} [/TRIAL]` (at most 8 count); the final answer
+  is the first to be seen 3 times (consensus), else the most frequent one (ties go to the one seen first).
+  Nothing follows the last trial: the vote is computed, not written, so a response is graded by what its
+  trials say. The demonstrations make `VOTE_TRIALS` attempts, each starting from another term of the sum:
+  the tiny model did not learn to stop once three answers agree (its stop probability followed the trial
+  count, not the agreement: measured), and attempts that repeat the same order were copies of each other
+  (the first and third attempt identical in 67% of responses against 12% for two independent answers:
+  measured), so their votes were not independent.
 - `asv` (adaptive): the regular format on easy problems, sequential voting on hard ones; the model
   chooses. It is the prompt IBPO trains with.
 
@@ -25,17 +29,17 @@ TRIAL_CLOSE = "[/TRIAL]"
 FORMATS = ("regular", "sv", "asv")
 MAX_TRIALS = 8
 CONSENSUS = 3
+VOTE_TRIALS = 5  # attempts of a voting demonstration
 HARD_LEVEL = 3  # asv demonstrations vote from this level up
 
 _SHORT_TAGS = {"regular": "solve", "sv": "vote", "asv": "auto"}
 _INSTRUCTIONS = {
     "regular": "Solve the problem step by step and put the final answer in \\boxed{}.",
-    "sv": (f"Solve the problem by sequential voting: make up to {MAX_TRIALS} attempts, each written as "
-           f"{TRIAL_OPEN} reasoning \\boxed{{answer}} {TRIAL_CLOSE}, and stop as soon as one answer has "
-           f"appeared {CONSENSUS} times."),
+    "sv": (f"Solve the problem by sequential voting: make {VOTE_TRIALS} independent attempts, each written as "
+           f"{TRIAL_OPEN} reasoning \\boxed{{answer}} {TRIAL_CLOSE}; the answer given most often wins."),
     "asv": (f"If the problem is easy, solve it once step by step and put the final answer in \\boxed{{}}. "
-            f"If it is hard, make up to {MAX_TRIALS} attempts, each written as {TRIAL_OPEN} reasoning "
-            f"\\boxed{{answer}} {TRIAL_CLOSE}, and stop as soon as one answer has appeared {CONSENSUS} times."),
+            f"If it is hard, make {VOTE_TRIALS} independent attempts, each written as {TRIAL_OPEN} reasoning "
+            f"\\boxed{{answer}} {TRIAL_CLOSE}; the answer given most often wins."),
 }
 
 
@@ -138,8 +142,7 @@ def parse(response_text: str) -> Parsed:
         answers.append(last_boxed(body) if closed else None)
         well_formed &= bool(closed) and answers[-1] is not None and not tail.strip()
     counted = answers[:MAX_TRIALS]  # attempts past the cap are cost, not votes
-    consensus = _tally(counted).consensus
-    well_formed &= len(blocks) <= MAX_TRIALS and consensus in (None, len(blocks) - 1)
+    well_formed &= len(blocks) <= MAX_TRIALS  # attempts after a consensus are cost, not a malformation
     return Parsed(answers, len(blocks), vote(counted), well_formed)
 
 
@@ -163,14 +166,12 @@ def _column_steps(operands: list[int], rng: random.Random | None) -> tuple[str, 
     return ",".join(steps), "".join(sum_digits)[::-1]
 
 
-def _running_sums(operands: list[int], modulus: int | None, rng: random.Random | None,
-                  reverse: bool) -> tuple[str, str]:
+def _running_sums(operands: list[int], modulus: int | None, rng: random.Random | None) -> tuple[str, str]:
     """Running sums, each reduced mod `modulus` when given, every step written with the term it adds:
     "3+5+7+2%10" -> "3+5=8+7=5+2=7" and the answer 7, so each sum depends only on the two numbers just
-    before it. `reverse` adds the terms after the first from the last one back ("3+2=5+7=2+5=7"): a
-    second order whose partial sums differ, so a voting attempt cannot copy the one before it. With
-    `rng`, one partial sum is off by a little and the later ones follow from it (a plausible slip)."""
-    terms = operands[1:][::-1] if reverse else operands[1:]
+    before it. With `rng`, one partial sum is off by a little and the later ones follow from it (a
+    plausible slip)."""
+    terms = operands[1:]
     total, steps = operands[0], [str(operands[0])]
     slip_step = rng.randrange(len(terms)) if rng else -1
     for step, term in enumerate(terms):
@@ -183,16 +184,19 @@ def _running_sums(operands: list[int], modulus: int | None, rng: random.Random |
     return "".join(steps), str(total)
 
 
-def _attempt(problem: Problem, rng: random.Random | None, reverse: bool = False) -> str:
+def _attempt(problem: Problem, rng: random.Random | None, start: int = 0) -> str:
     """One attempt ending in a boxed answer; with `rng`, a wrong one. Sums of digits ("3+5+7", or mod m:
-    "3+5+7%10") get running sums (`reverse`: in the second order), sums of larger numbers column steps;
-    other problems (no steps known) just state the answer."""
+    "3+5+7%10") get running sums, sums of larger numbers column steps, both from the operand `start`
+    (mod their number) on and around ("3+5+7" from 1: "5+7=12+3=15"); other problems (no steps known) just
+    state the answer."""
     match = re.fullmatch(r"(\d+(?:\+\d+)+)(?:%(\d+))?", problem.text)
     if match:
         operands = [int(x) for x in match[1].split("+")]
+        start %= len(operands)
+        operands = operands[start:] + operands[:start]
         modulus = int(match[2]) if match[2] else None
         if modulus or max(operands) < 10:
-            steps, answer = _running_sums(operands, modulus, rng, reverse)
+            steps, answer = _running_sums(operands, modulus, rng)
         else:
             steps, answer = _column_steps(operands, rng)
         return f"{steps} \\boxed{{{answer}}}"
@@ -206,11 +210,11 @@ def _voting_segments(problem: Problem, rng: random.Random, wrong: list[bool]) ->
     wrong attempt's body is not learned (its opening marker, the decision to try again, is)."""
     segments, wrong_answers = [], Counter()
     for i, is_wrong in enumerate(wrong):
-        # Attempts alternate between the two orders of the running sums, so each one is computed afresh.
-        correct = _attempt(problem, None, reverse=i % 2 == 1)
+        # Attempt i starts from term i: no attempt can copy another one's steps.
+        correct = _attempt(problem, None, start=i)
         text = correct
         while is_wrong and text == correct:
-            candidate = _attempt(problem, rng, reverse=i % 2 == 1)
+            candidate = _attempt(problem, rng, start=i)
             answer = last_boxed(candidate)
             # A slip must not win the vote: it differs from the answer and occurs at most twice.
             if answer != problem.answer and wrong_answers[answer] < CONSENSUS - 1:
@@ -225,29 +229,28 @@ def _voting_segments(problem: Problem, rng: random.Random, wrong: list[bool]) ->
 
 def _wrong_attempts(rng: random.Random, num_trials: int | None, slip_rate: float) -> list[bool]:
     """Which attempts are wrong: `num_trials` given, that many minus CONSENSUS anywhere before the last
-    (which completes the consensus); else each attempt is wrong with probability `slip_rate` until
-    CONSENSUS right ones are in, never so many that MAX_TRIALS could not hold them."""
+    (which completes the consensus); else `VOTE_TRIALS` attempts, each wrong with probability `slip_rate`,
+    drawn again until at least CONSENSUS are right (the vote is right)."""
     if num_trials is not None:
         if not 1 <= num_trials <= MAX_TRIALS:
             raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
         slots = set(rng.sample(range(num_trials - 1), max(0, num_trials - CONSENSUS)))
         return [i in slots for i in range(num_trials)]
-    wrong: list[bool] = []
-    while wrong.count(False) < CONSENSUS:
-        room = MAX_TRIALS - len(wrong) > CONSENSUS - wrong.count(False)
-        wrong.append(room and rng.random() < slip_rate)
-    return wrong
+    while True:
+        wrong = [rng.random() < slip_rate for _ in range(VOTE_TRIALS)]
+        if wrong.count(False) >= CONSENSUS:
+            return wrong
 
 
 def demonstration_segments(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int | None = None,
                            slip_rate: float = 0.0, hard_level: int = HARD_LEVEL) -> list[tuple[str, bool]]:
     """A response in format `fmt` whose final answer is right, for warm-up SFT, as (text, learned)
-    segments. A voting demonstration goes on until `CONSENSUS` attempts agree: each attempt is wrong (a
-    plausible slip that never wins the vote) with probability `slip_rate`, or `num_trials` fixes the count
-    (that many minus `CONSENSUS` wrong attempts before the consensus). Wrong attempts are context, never
-    learned: learned slips taught the tiny model to make them (measured), while wrong attempts in context
-    teach it to try again when the answers so far disagree, and to stop once three agree. `asv` votes
-    from `hard_level` up and answers once below it."""
+    segments. A voting demonstration makes `VOTE_TRIALS` attempts, attempt i starting from term i, each
+    wrong (a plausible slip that never wins the vote) with probability `slip_rate`; or `num_trials`
+    attempts, that many minus `CONSENSUS` wrong ones before the consensus. Wrong attempts are context,
+    never learned: learned slips taught the tiny model to make them (measured), while wrong attempts in
+    context show it that an attempt after a disagreeing one is computed afresh. `asv` votes from
+    `hard_level` up and answers once below it."""
     _check_format(fmt)
     if fmt == "sv" or (fmt == "asv" and problem.level >= hard_level):
         return _voting_segments(problem, rng, _wrong_attempts(rng, num_trials, slip_rate))
