@@ -14,9 +14,8 @@ import numpy as np
 import torch
 
 from ibpo_fast.models import encode_prompts, load_model
-from ibpo_fast.rollout import Grader, HFSampler, prompt_text
+from ibpo_fast.rollout import Grader, HFSampler, make_task, prompt_text
 from ibpo_fast.train import checkpoint, distributed
-from ibpo_fast.train.components import make_task
 from ibpo_fast.train.config import EvalConfig, TrainConfig
 
 
@@ -28,8 +27,7 @@ def load_trained(path: str, device: torch.device):
         raise ValueError(f"checkpoint: no model file {str(file)!r} (train to the end first)")
     state = checkpoint.load_file(file)
     cfg = TrainConfig(**state["config"])
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    model, tokenizer = load_model(cfg.model, dtype=dtype, device=device, seed=cfg.seed)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.torch_dtype, device=device, seed=cfg.seed)
     model.load_state_dict(checkpoint.model_weights(state))
     return model.eval(), tokenizer, cfg
 
