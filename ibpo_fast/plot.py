@@ -77,7 +77,7 @@ def plot(metrics: str | Path, out: str | Path) -> list[Path]:
         for (label, values), style in zip(budget_series(records).items(), ("-", "-", "o", "k--")):
             ax.plot(steps, values, style, label=label, markersize=4)
         ax.set(xlabel="step", ylabel="share", ylim=(-0.02, 1.02), title="budget adherence")
-        ax.legend()
+        ax.legend(fontsize=8)
         written.append(_save(fig, out / "budget_adherence.png"))
     if has(LEVEL_KEYS):
         written.append(_save(_allocation_figure(plt, steps, records), out / "allocation_by_level.png"))

@@ -21,8 +21,11 @@ import yaml
 
 
 def field_docs(cls) -> dict[str, str]:
-    """{field name: its docstring, one paragraph} from the class source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    """{field name: its docstring, one paragraph} from the class source ({} where the source is not shipped)."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
     body = tree.body[0].body
     docs = {}
     for node, after in zip(body, body[1:]):
@@ -121,7 +124,7 @@ def help_text(cls, preset_values: dict | None = None, preset: str = "") -> str:
              "YAML: 3, 1e-3, true, null, [1,2]):"]
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        shown = f"default: {_yaml(default)}"
+        shown = "required" if default is dataclasses.MISSING else f"default: {_yaml(default)}"
         if f.name in preset_values and preset_values[f.name] != default:
             shown += f"; preset {preset}: {_yaml(preset_values[f.name])}"
         lines.append(f"  --{f.name} {type_name(hints[f.name])}   ({shown})")
