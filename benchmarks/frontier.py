@@ -58,14 +58,15 @@ def _train(folder: Path, overrides: dict) -> None:
     if (folder / "model.pt").is_file():
         return
     cfg = load_config(TrainConfig, preset="tiny", overrides={**overrides, "out": str(folder), "progress": False,
-                                                               "tensorboard": False, "summary_problems_per_level": 0})
+                                                               "tensorboard": False, "summary_problems_per_level": 0,
+                                                               "overwrite": True})
     train(cfg)
 
 
 def _answers(folder: Path, fmt: str, n: int, problems_per_level: int):
     import torch
 
-    from ibpo_fast.train.components import make_task
+    from ibpo_fast.rollout import make_task
     from ibpo_fast.train.evaluate import answer, load_trained, test_problems
 
     model, tokenizer, cfg = load_trained(str(folder), torch.device("cpu"))

@@ -17,6 +17,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
+from ibpo_fast.errors import InputError
 from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0..3 in the char tokenizer
@@ -24,6 +25,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0..3 in the char to
 CHARS = "\n" + "".join(c for c in string.printable if c.isprintable())
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_MAX_POSITIONS = 512
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # any one will do
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
@@ -83,11 +85,21 @@ def _locate(spec: str) -> tuple[Path, str | None]:
         return _smollm2_location()
     path = Path(spec)
     if path.is_dir():
+        _check_model_folder(path)
         return path, None
     if path.is_file() and path.suffix == ".gguf":
         return path.parent, path.name
-    raise ValueError(f"spec must be 'tiny', 'smollm2', a local model directory or a .gguf file; "
+    raise InputError(f"model: spec must be 'tiny', 'smollm2', a local model directory or a .gguf file; "
                      f"{spec!r} is none of these")
+
+
+def _check_model_folder(folder: Path) -> None:
+    """A Hugging Face model folder needs its config and a tokenizer; say which is missing, before
+    transformers fails deep inside with a hint about installing converters."""
+    if not (folder / "config.json").is_file():
+        raise InputError(f"model: no config.json in {str(folder)!r} (expected a Hugging Face model folder)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"model: no tokenizer in {str(folder)!r} (none of {', '.join(TOKENIZER_FILES)})")
 
 
 def _pretrained_options(spec: str) -> tuple[Path, dict]:

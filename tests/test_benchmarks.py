@@ -4,6 +4,7 @@ Correctness of the plumbing only, never timing. ``benchmarks/`` is not part of t
 repository root is appended to sys.path (after site-packages: the installed ibpo_fast still wins).
 """
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,9 @@ def test_kernels_quick(tmp_path):
         for method in ("naive", "wsl[torch]", "slp[torch]", "torch_lce"):
             row = by_key[(mode, method)]
             assert row["rel_err"] < 1e-4 and row["ms"] > 0 and row["tflops"] > 0, row
-    assert all(r["status"] for r in rows)  # peers that cannot run here say why
+    for row in rows:  # a row that did not run says why: skipped on purpose, out of memory, or the error itself
+        assert row["status"].startswith("ok") or row["status"] in ("skipped", "oom") or \
+            re.fullmatch(r"[A-Za-z_]\w*(Error|Exception): \S.*", row["status"]), row
 
 
 def test_train_quick(tmp_path):

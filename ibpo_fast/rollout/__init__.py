@@ -1,12 +1,16 @@
-"""The rollout side of IBPO: tasks, response formats, grading and sampling."""
-from ibpo_fast.rollout.formats import (CONSENSUS, FORMATS, MAX_TRIALS, TRIAL_CLOSE, TRIAL_OPEN, Parsed,
-                                       demonstration, demonstration_segments, majority, parse, prompt_text, vote)
-from ibpo_fast.rollout.grader import Grader, Scores
-from ibpo_fast.rollout.sampler import HFSampler, Rollout, VLLMSampler
-from ibpo_fast.rollout.tasks import ArithmeticTask, JsonlMathTask, Problem, ReasoningGymTask, Task
+"""The rollout side of IBPO: tasks, response formats, grading and sampling.
 
-__all__ = [
-    "CONSENSUS", "FORMATS", "MAX_TRIALS", "TRIAL_CLOSE", "TRIAL_OPEN", "Parsed", "demonstration", "demonstration_segments", "majority", "parse",
-    "prompt_text", "vote", "Grader", "Scores", "HFSampler", "Rollout", "VLLMSampler", "ArithmeticTask",
-    "JsonlMathTask", "Problem", "ReasoningGymTask", "Task",
-]
+The exports load on first use (PEP 562): the tasks and formats need no torch, the samplers do."""
+from ibpo_fast._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(("CONSENSUS", "FORMATS", "MAX_TRIALS", "TRIAL_CLOSE", "TRIAL_OPEN", "Parsed", "demonstration",
+                     "demonstration_segments", "majority", "parse", "prompt_text", "vote"), "formats"),
+    **dict.fromkeys(("Grader", "Scores"), "grader"),
+    **dict.fromkeys(("HFSampler", "Rollout", "VLLMSampler"), "sampler"),
+    **dict.fromkeys(("ArithmeticTask", "JsonlMathTask", "Problem", "ReasoningGymTask", "Task", "make_task"), "tasks"),
+}
+
+__all__ = list(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

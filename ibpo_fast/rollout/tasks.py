@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ibpo_fast.errors import InputError
+
 SPLITS = ("train", "test")
 
 
@@ -139,18 +141,15 @@ class JsonlMathTask:
             raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}")
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"path: no such file {str(path)!r}")
+            raise InputError(f"path: no such file {str(path)!r}")
         self._splits: dict[str, list[Problem]] = {split: [] for split in SPLITS}
         for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "problem" not in row or "answer" not in row:
-                raise ValueError(f"path: line {line_no} of {str(path)!r} lacks 'problem' or 'answer'")
-            problem = Problem(str(row.get("id", f"{path.stem}/{line_no}")), row["problem"],
-                              str(row["answer"]), int(row.get("level", 0)))
-            in_test = zlib.crc32(problem.text.encode()) / 2**32 < test_fraction
-            self._splits["test" if in_test else "train"].append(problem)
+            if line.strip():
+                problem = _jsonl_problem(line, f"{path}:{line_no}", default_id=f"{path.stem}/{line_no}")
+                in_test = zlib.crc32(problem.text.encode()) / 2**32 < test_fraction
+                self._splits["test" if in_test else "train"].append(problem)
+        if not any(self._splits.values()):
+            raise InputError(f"{path}: no problems in the file")
 
     def size(self, split: str) -> int:
         """Number of problems in `split`."""
@@ -166,6 +165,39 @@ class JsonlMathTask:
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answer is not None and math_equal(problem.answer, answer)
+
+
+def _jsonl_problem(line: str, where: str, default_id: str) -> Problem:
+    """One JSONL line as a Problem; InputError naming the file and line (`where`) otherwise."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict) or "problem" not in row or "answer" not in row:
+        raise InputError(f"{where}: expected an object with 'problem' and 'answer', got {line.strip()[:60]!r}")
+    try:
+        level = int(row.get("level", 0))
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: 'level' must be an integer, got {row['level']!r}") from None
+    return Problem(str(row.get("id", default_id)), str(row["problem"]), str(row["answer"]), level)
+
+
+def make_task(spec: str, levels=(1, 2, 3)) -> Task:
+    """The task a config names: "arithmetic" (with `levels`), "jsonl:PATH" or "reasoning_gym:NAME". Any
+    problem with the spec or its file is the user's: InputError."""
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "arithmetic" and not arg:
+            return ArithmeticTask(levels=tuple(levels))
+        if kind == "jsonl" and arg:
+            return JsonlMathTask(arg)
+        if kind == "reasoning_gym" and arg:
+            return ReasoningGymTask(arg)
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(f"task {spec!r}: {e}") from None
+    raise InputError(f"task must be 'arithmetic', 'jsonl:PATH' or 'reasoning_gym:NAME', got {spec!r}")
 
 
 def math_equal(reference: str, answer: str) -> bool:

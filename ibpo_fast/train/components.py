@@ -10,23 +10,11 @@ import torch
 
 from ibpo_fast import budget
 from ibpo_fast.models import load_model
-from ibpo_fast.rollout import ArithmeticTask, HFSampler, JsonlMathTask, ReasoningGymTask
-from ibpo_fast.train import checkpoint, distributed
+from ibpo_fast.rollout import HFSampler, make_task
+from ibpo_fast.train import checkpoint, distributed, run_folder
 from ibpo_fast.train.config import TrainConfig
 from ibpo_fast.train.metrics import MetricLogger
 from ibpo_fast.train.policy import Policy
-
-
-def make_task(spec: str, levels=(1, 2, 3)):
-    """"arithmetic", "jsonl:PATH" or "reasoning_gym:NAME"."""
-    kind, _, arg = spec.partition(":")
-    if kind == "arithmetic":
-        return ArithmeticTask(levels=tuple(levels))
-    if kind == "jsonl" and arg:
-        return JsonlMathTask(arg)
-    if kind == "reasoning_gym" and arg:
-        return ReasoningGymTask(arg)
-    raise ValueError(f"task must be 'arithmetic', 'jsonl:PATH' or 'reasoning_gym:NAME', got {spec!r}")
 
 
 @dataclass
@@ -51,7 +39,7 @@ class Run:
 def build(cfg: TrainConfig) -> Run:
     world = distributed.init(cfg.device)
     torch.manual_seed(cfg.seed)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    dtype, task = cfg.torch_dtype, make_task(cfg.task, cfg.levels)  # the inputs first: no folder for bad ones
     model, tokenizer = load_model(cfg.model, dtype=dtype, device=world.device, seed=cfg.seed)
     if cfg.init_from:
         model.load_state_dict(checkpoint.model_weights(checkpoint.load_file(cfg.init_from)))
@@ -65,12 +53,11 @@ def build(cfg: TrainConfig) -> Run:
     sampler = HFSampler(replica.model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         batch_size=cfg.generate_batch, progress=False)
     buffer = budget.SampleBuffer(cfg.accumulate_steps)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder.prepare(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, is_main=world.is_main)
     resuming = cfg.resume and (out / checkpoint.CHECKPOINT).exists()
     start = checkpoint.load(out, policy=policy, optimizer=optimizer, buffer=buffer) if resuming else 0
     logger = lambda name, first: MetricLogger(  # noqa: E731
         out / name, enabled=world.is_main, resume_step=first if resuming else None, tensorboard=cfg.tensorboard)
-    return Run(cfg, world, tokenizer, policy, optimizer, replica, sampler, make_task(cfg.task, cfg.levels),
+    return Run(cfg, world, tokenizer, policy, optimizer, replica, sampler, task,
                buffer, out, start,
                logger("metrics.jsonl", start - cfg.warmup_steps), logger("warmup.jsonl", start))

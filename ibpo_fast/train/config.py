@@ -3,18 +3,21 @@
     cfg = load_config(TrainConfig, preset="tiny", overrides=["--steps=3", "--q", "0.25"])
 
 A preset is a name under ``configs/`` (``tiny``, ``smollm2``, ``llama8b``) or a path to a YAML file; its
-keys are the field names below. Overrides come last and win; values are parsed as YAML scalars
-(``--levels=[1,2,3]``, ``--max_per_prompt=null``).
+keys are the field names below. Overrides come last and win; a value is converted to its field's type
+(a YAML scalar, ``--levels=[1,2,3]``, ``--max_per_prompt=null``; a string field takes it verbatim).
+Each field is documented by the string right below it: ``ibpo-fast train --help`` lists them from there
+(`config_schema`), so a new field needs its type, default and that docstring; ``__post_init__`` checks
+the types first, then the rules.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ibpo_fast.rollout.formats import FORMATS
+from ibpo_fast.train.config_schema import check_types, convert
 
 # The presets live in the top-level configs/ of a source checkout; the package build installs a copy into
 # ibpo_fast/configs for installed packages.
@@ -22,6 +25,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 _CHECKOUT = _PACKAGE.parent
 CONFIG_DIR = _CHECKOUT / "configs" if (_CHECKOUT / "pyproject.toml").is_file() else _PACKAGE / "configs"
 MODES = ("ibpo", "sft", "rft")
+DTYPES = ("float32", "bfloat16")  # torch dtype names
 SFT_FORMATS = ("sv", "asv")
 
 
@@ -112,7 +116,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Save a checkpoint every k steps (0: only at the end and on Ctrl-C)."""
     resume: bool = False
-    """Continue from `out`/checkpoint.pt when it exists."""
+    """Continue from `out`/checkpoint.pt when it exists (a non-empty `out` is refused without it or `overwrite`)."""
+    overwrite: bool = False
+    """Delete the previous run's files in `out` first (a non-empty `out` is refused without it or `resume`)."""
     stop_after: int = 0
     """Stop (with a checkpoint) after this many steps in total (0: run to the end); for resume tests."""
     summary_problems_per_level: int = 64
@@ -123,9 +129,10 @@ class TrainConfig:
     """Also log to tensorboard under `out`/tb when tensorboard is installed."""
 
     def __post_init__(self):
+        check_types(self)
         checks = [
             (self.mode in MODES, "mode", f"one of {MODES}"),
-            (self.dtype in ("float32", "bfloat16"), "dtype", '"float32" or "bfloat16"'),
+            (self.dtype in DTYPES, "dtype", f"one of {DTYPES}"),
             (self.device in ("auto", "cpu", "cuda"), "device", '"auto", "cpu" or "cuda"'),
             (self.steps >= 0 and self.warmup_steps >= 0, "steps", ">= 0 (and warmup_steps too)"),
             (self.prompts_per_step >= 1 and self.samples_per_prompt >= 1, "prompts_per_step", ">= 1 (and n too)"),
@@ -146,6 +153,7 @@ class TrainConfig:
             (self.seed >= 0, "seed", ">= 0"),
             (0.0 <= self.demo_slip_rate < 1.0, "demo_slip_rate", "in [0, 1)"),
             (self.summary_problems_per_level >= 0, "summary_problems_per_level", ">= 0"),
+            (not (self.resume and self.overwrite), "resume", "false when overwrite is true (continue or start afresh)"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -155,6 +163,12 @@ class TrainConfig:
     def budget(self) -> float:
         """The q handed to the ILP: rft has no budget."""
         return 1.0 if self.mode == "rft" else self.q
+
+    @property
+    def torch_dtype(self):
+        """`dtype` as a torch.dtype (torch is imported here, not with the config)."""
+        import torch
+        return getattr(torch, self.dtype)
 
 
 @dataclass(kw_only=True)
@@ -186,6 +200,7 @@ class EvalConfig:
     """"auto", "cpu" or "cuda"."""
 
     def __post_init__(self):
+        check_types(self)
         if self.problems_per_level < 1 or self.samples_per_problem < 1:
             raise ValueError("problems_per_level and samples_per_problem must be >= 1")
         if self.method not in ("sample", "sc") or self.k < 1:
@@ -198,17 +213,24 @@ class EvalConfig:
             raise ValueError(f"prompt_format must be one of {FORMATS}, got {self.prompt_format!r}")
 
 
-def _preset_values(preset: str | None) -> dict:
+def preset_values(preset: str | None) -> dict:
+    """The keys of a preset (a name under configs/ or a YAML path) as written; {} for none."""
     if not preset:
         return {}
     path = Path(preset) if preset.endswith((".yaml", ".yml")) else CONFIG_DIR / f"{preset}.yaml"
     if not path.is_file():
         raise ValueError(f"preset: no file {str(path)!r} (presets: {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))})")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"preset {str(path)!r}: not valid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"preset {str(path)!r}: expected key: value lines, got a {type(values).__name__}")
+    return values
 
 
-def parse_overrides(args: list[str]) -> dict:
-    """["--a=1", "--b", "x"] -> {"a": 1, "b": "x"}; values are YAML scalars."""
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """["--a=1", "--b", "x"] -> {"a": "1", "b": "x"}; `load_config` converts the values by type."""
     values, i = {}, 0
     while i < len(args):
         arg = args[i]
@@ -219,17 +241,14 @@ def parse_overrides(args: list[str]) -> dict:
             if i + 1 >= len(args):
                 raise ValueError(f"override --{key}: missing value")
             i, value = i + 1, args[i + 1]
-        values[key.replace("-", "_")] = yaml.safe_load(value)
+        values[key.replace("-", "_")] = value
         i += 1
     return values
 
 
 def load_config(cls, *, preset: str | None = None, overrides: list[str] | dict | None = None):
-    """An instance of the dataclass `cls` from a preset and overrides; unknown keys raise ValueError."""
-    values = _preset_values(preset)
+    """An instance of the dataclass `cls` from a preset and overrides (strings are converted to each
+    field's type); unknown keys, values of the wrong type and broken rules raise ValueError."""
+    values = preset_values(preset)
     values.update(overrides if isinstance(overrides, dict) else parse_overrides(overrides or []))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
-    return cls(**values)
+    return cls(**convert(cls, values))

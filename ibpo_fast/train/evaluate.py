@@ -23,9 +23,8 @@ import torch
 
 from ibpo_fast.grouping import response_groups
 from ibpo_fast.models import encode_prompts, load_model
-from ibpo_fast.rollout import Grader, HFSampler, majority, prompt_text
+from ibpo_fast.rollout import Grader, HFSampler, majority, make_task, prompt_text
 from ibpo_fast.train import checkpoint, distributed
-from ibpo_fast.train.components import make_task
 from ibpo_fast.train.config import EvalConfig, TrainConfig
 
 
@@ -37,8 +36,7 @@ def load_trained(path: str, device: torch.device):
         raise ValueError(f"checkpoint: no model file {str(file)!r} (train to the end first)")
     state = checkpoint.load_file(file)
     cfg = TrainConfig(**state["config"])
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    model, tokenizer = load_model(cfg.model, dtype=dtype, device=device, seed=cfg.seed)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.torch_dtype, device=device, seed=cfg.seed)
     model.load_state_dict(checkpoint.model_weights(state))
     return model.eval(), tokenizer, cfg
 
