@@ -60,7 +60,7 @@ def main(argv=None):
     parser.add_argument("--highs-max", type=int, default=SIZES[-1], help="largest n given to HiGHS")
     parser.add_argument("--q", type=float, default=0.5)
     parser.add_argument("--max-per-prompt", type=int, default=1)
-    parser.add_argument("--utility", choices=("margin", "reward"), default="margin")
+    parser.add_argument("--utility", choices=("margin", "reward", "value"), default="margin")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)

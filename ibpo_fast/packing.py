@@ -76,19 +76,14 @@ def pack(
     reward: Sequence[float] | None = None,
     group: Sequence[int] | None = None,
     weight: Sequence[float] | None = None,
-    response_masks: Sequence[Sequence[bool] | None] | None = None,
     device: torch.device | str | None = None,
 ) -> PackedBatch:
-    """Pack (prompt tokens, response tokens) pairs; only response tokens are learned, and of those only
-    the ones `response_masks[i]` marks True when given (one bool per response token, None = all).
+    """Pack (prompt tokens, response tokens) pairs; only response tokens are learned.
 
-    A position t is learned when the token it predicts, ``input_ids[t+1]``, is a learned response token:
-    the ``loss_mask`` lives on the predicting position, as ``targets`` does.
+    A position t is learned when the token it predicts, ``input_ids[t+1]``, is a response token: the
+    ``loss_mask`` lives on the predicting position, as ``targets`` does.
     """
     N = len(pairs)
-    if response_masks is not None and (len(response_masks) != N or any(
-            m is not None and len(m) != len(r) for m, (_, r) in zip(response_masks, pairs))):
-        raise ValueError("response_masks: one mask per pair, one bool per response token (or None)")
     lengths = [len(p) + len(r) for p, r in pairs]
     cu = torch.zeros(N + 1, dtype=torch.int32)
     if N:
@@ -105,11 +100,7 @@ def pack(
         position_ids[start:end] = torch.arange(end - start)
         targets[start : end - 1] = tokens[1:]
         # positions len(prompt)-1 .. end-2 predict the response tokens
-        mask = None if response_masks is None else response_masks[i]
-        if not prompt and len(response):  # the first token is predicted by no position
-            mask = None if mask is None else mask[1:]
-        learned = len(response) > 0 if mask is None else torch.as_tensor(list(mask), dtype=torch.bool)
-        loss_mask[start + max(len(prompt) - 1, 0) : end - 1] = learned
+        loss_mask[start + max(len(prompt) - 1, 0) : end - 1] = len(response) > 0
     per_seq = lambda values, dtype, default: (  # noqa: E731
         torch.full((N,), default, dtype=dtype) if values is None else torch.as_tensor(values, dtype=dtype).reshape(N)
     )

@@ -13,7 +13,7 @@ from ibpo_fast.cli import main
 from ibpo_fast.train import run_folder
 
 FAST = ["--warmup_steps=1", "--warmup_batch=4", "--prompts_per_step=2", "--samples_per_prompt=2",
-        "--max_new_tokens=16", "--progress=false", "--tensorboard=false"]
+        "--max_new_tokens=16", "--progress=false", "--tensorboard=false", "--summary_problems_per_level=2"]
 REQUIRED = ("step", "q", "loss", "reward_mean", "sampled_extended_share", "selected_extended_share", "tokens_per_s",
             "ilp_status", "ilp_seconds", "logprob_abs_diff", "extended_share_by_level", "time_generate",
             "time_forward_backward", "time_optimizer")
@@ -108,7 +108,11 @@ def test_overwrite_deletes_the_old_runs_files_only(tmp_path, capsys):
     assert (tmp_path / "notes.txt").exists() and (tmp_path / "model.pt").read_text() == "the old run"
     (tmp_path / "notes.txt").unlink()
     assert main(args) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "model.pt", "warmup.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["allocation_by_level.png", "budget_adherence.png",
+                                                           "checkpoint.pt", "metrics.jsonl", "metrics_loss.png", "model.pt",
+                                                           "summary.json",
+                                                           "warmup.jsonl"]
+    assert (tmp_path / "budget_adherence.png").read_bytes() != b"old plot"
     assert (tmp_path / "model.pt").stat().st_size > 1000  # the new model
 
 

@@ -31,10 +31,3 @@ def test_validation_names_the_field():
     with pytest.raises(ValueError, match="^loss_mask:"):
         PackedBatch(**{**batch.__dict__, "loss_mask": batch.loss_mask.long()})
 
-
-def test_response_masks_leave_tokens_out_of_the_loss():
-    batch = pack([([1, 2], [3, 4, 5]), ([6], [7, 8])], response_masks=[[True, False, True], None])
-    # sequence 0: positions 1..3 predict 3, 4, 5 -> 4 (at position 2) is not learned
-    assert batch.loss_mask.tolist() == [False, True, False, True, False, True, True, False]
-    with pytest.raises(ValueError, match="response_masks"):
-        pack([([1], [2, 3])], response_masks=[[True]])

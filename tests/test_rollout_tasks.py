@@ -18,7 +18,7 @@ def test_arithmetic_deterministic_and_split():
     for p in a:
         terms, modulus = p.text.split("%")
         assert str(sum(map(int, terms.split("+"))) % int(modulus)) == p.answer
-        assert len(terms.split("+")) == ARITHMETIC_LEVELS[p.level] and max(map(len, terms.split("+"))) == 1
+        assert len(terms.split("+")) == ARITHMETIC_LEVELS[p.level].num_terms and max(map(len, terms.split("+"))) == 1
         assert task.is_correct(p, f" {p.answer} ") and not task.is_correct(p, None)
         assert not task.is_correct(p, p.answer + "1")
 

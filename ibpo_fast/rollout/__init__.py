@@ -4,8 +4,7 @@ The exports load on first use (PEP 562): the tasks and formats need no torch, th
 from ibpo_fast._lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(("CONSENSUS", "FORMATS", "MAX_TRIALS", "TRIAL_CLOSE", "TRIAL_OPEN", "Parsed", "demonstration",
-                     "demonstration_segments", "majority", "parse", "prompt_text", "vote"), "formats"),
+    **dict.fromkeys(("CONSENSUS", "FORMATS", "MAX_TRIALS", "TRIAL_CLOSE", "TRIAL_OPEN", "Parsed", "demonstration", "majority", "parse", "prompt_text", "vote"), "formats"),
     **dict.fromkeys(("Grader", "Scores"), "grader"),
     **dict.fromkeys(("HFSampler", "Rollout", "VLLMSampler"), "sampler"),
     **dict.fromkeys(("ArithmeticTask", "JsonlMathTask", "Problem", "ReasoningGymTask", "Task", "make_task"), "tasks"),

@@ -5,10 +5,10 @@
   is the first to be seen 3 times (consensus), else the most frequent one (ties go to the one seen first).
   Nothing follows the last trial: the vote is computed, not written, so a response is graded by what its
   trials say. The demonstrations make `VOTE_TRIALS` attempts, each starting from another term of the sum:
-  the tiny model did not learn to stop once three answers agree (its stop probability followed the trial
-  count, not the agreement: measured), and attempts that repeat the same order were copies of each other
-  (the first and third attempt identical in 67% of responses against 12% for two independent answers:
-  measured), so their votes were not independent.
+  the tiny model did not learn to stop once three answers agree (demonstrations that vote on until then
+  gave a stop probability that followed the trial count, not the agreement: measured), and attempts that
+  repeat the same order were copies of each other (the first and third attempt identical in 67% of
+  responses against 12% for two independent answers: measured), so their votes were not independent.
 - `asv` (adaptive): the regular format on easy problems, sequential voting on hard ones; the model
   chooses. It is the prompt IBPO trains with.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 from ibpo_fast.rollout.tasks import Problem
@@ -158,7 +157,7 @@ def _column_steps(operands: list[int], rng: random.Random | None) -> tuple[str, 
     for col in range(num_columns):
         terms = [d[col] for d in digits if col < len(d)] + ([str(carry)] if carry else [])
         total = sum(map(int, terms))
-        if col == slip_column:  # at least 3 distinct slips per column, so a vote can always be built
+        if col == slip_column:  # a nonzero change, so the slip changes the answer
             total += rng.choice([d for d in (-2, -1, 1, 2, 3) if total + d >= 0])
         steps.append(f"{'+'.join(terms)}={total}")
         carry = total // 10
@@ -176,7 +175,7 @@ def _running_sums(operands: list[int], modulus: int | None, rng: random.Random |
     slip_step = rng.randrange(len(terms)) if rng else -1
     for step, term in enumerate(terms):
         total += term
-        if step == slip_step:  # at least 3 distinct slips per step, so a vote can always be built
+        if step == slip_step:  # 5 distinct nonzero changes: the wrong answers of slips spread out
             total += rng.choice([d for d in (-2, -1, 1, 2, 3) if total + d >= 0])
         if modulus:
             total %= modulus
@@ -205,60 +204,27 @@ def _attempt(problem: Problem, rng: random.Random | None, start: int = 0) -> str
     return f"The answer is \\boxed{{{problem.answer}}}"
 
 
-def _voting_segments(problem: Problem, rng: random.Random, wrong: list[bool]) -> list[tuple[str, bool]]:
-    """Trials of a voting demonstration, attempt i wrong where wrong[i]: (text, learned) segments where a
-    wrong attempt's body is not learned (its opening marker, the decision to try again, is)."""
-    segments, wrong_answers = [], Counter()
-    for i, is_wrong in enumerate(wrong):
-        # Attempt i starts from term i: no attempt can copy another one's steps.
-        correct = _attempt(problem, None, start=i)
-        text = correct
-        while is_wrong and text == correct:
-            candidate = _attempt(problem, rng, start=i)
-            answer = last_boxed(candidate)
-            # A slip must not win the vote: it differs from the answer and occurs at most twice.
-            if answer != problem.answer and wrong_answers[answer] < CONSENSUS - 1:
-                wrong_answers[answer] += 1
-                text = candidate
-        if is_wrong:
-            segments += [(TRIAL_OPEN, True), (f"{text}{TRIAL_CLOSE}", False)]
-        else:
-            segments.append((f"{TRIAL_OPEN}{text}{TRIAL_CLOSE}", True))
-    return segments
+def _voting_demo(problem: Problem, rng: random.Random, num_trials: int, error_rate: float) -> str:
+    if not 1 <= num_trials <= MAX_TRIALS:
+        raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
+    # Attempt i starts from term i: no attempt can copy another one's steps.
+    return "".join(f"{TRIAL_OPEN}{_noisy_attempt(problem, rng, error_rate, start=i)}{TRIAL_CLOSE}"
+                   for i in range(num_trials))
 
 
-def _wrong_attempts(rng: random.Random, num_trials: int | None, slip_rate: float) -> list[bool]:
-    """Which attempts are wrong: `num_trials` given, that many minus CONSENSUS anywhere before the last
-    (which completes the consensus); else `VOTE_TRIALS` attempts, each wrong with probability `slip_rate`,
-    drawn again until at least CONSENSUS are right (the vote is right)."""
-    if num_trials is not None:
-        if not 1 <= num_trials <= MAX_TRIALS:
-            raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
-        slots = set(rng.sample(range(num_trials - 1), max(0, num_trials - CONSENSUS)))
-        return [i in slots for i in range(num_trials)]
-    while True:
-        wrong = [rng.random() < slip_rate for _ in range(VOTE_TRIALS)]
-        if wrong.count(False) >= CONSENSUS:
-            return wrong
+def _noisy_attempt(problem: Problem, rng: random.Random, error_rate: float, start: int = 0) -> str:
+    return _attempt(problem, rng if error_rate and rng.random() < error_rate else None, start)
 
 
-def demonstration_segments(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int | None = None,
-                           slip_rate: float = 0.0, hard_level: int = HARD_LEVEL) -> list[tuple[str, bool]]:
-    """A response in format `fmt` whose final answer is right, for warm-up SFT, as (text, learned)
-    segments. A voting demonstration makes `VOTE_TRIALS` attempts, attempt i starting from term i, each
-    wrong (a plausible slip that never wins the vote) with probability `slip_rate`; or `num_trials`
-    attempts, that many minus `CONSENSUS` wrong ones before the consensus. Wrong attempts are context,
-    never learned: learned slips taught the tiny model to make them (measured), while wrong attempts in
-    context show it that an attempt after a disagreeing one is computed afresh. `asv` votes from
-    `hard_level` up and answers once below it."""
+def demonstration(problem: Problem, fmt: str, rng: random.Random, *, error_rate: float = 0.0,
+                  num_trials: int = VOTE_TRIALS, hard_level: int = HARD_LEVEL) -> str:
+    """A response in format `fmt` for warm-up SFT: one attempt, or `num_trials` attempts of a vote (attempt i
+    starting from term i), each holding a slip with probability `error_rate` (the task's per-level noise,
+    `Task.attempt_error_rate`): a vote's answer is then right more often than one attempt's. `asv` votes
+    from `hard_level` up and answers once below it."""
     _check_format(fmt)
+    if not 0 <= error_rate < 1:
+        raise ValueError(f"error_rate must be in [0, 1), got {error_rate}")
     if fmt == "sv" or (fmt == "asv" and problem.level >= hard_level):
-        return _voting_segments(problem, rng, _wrong_attempts(rng, num_trials, slip_rate))
-    if num_trials is not None:
-        raise ValueError(f"num_trials applies to voting responses only, got {num_trials} for a regular one")
-    return [(_attempt(problem, None), True)]
-
-
-def demonstration(problem: Problem, fmt: str, rng: random.Random, **options) -> str:
-    """The text of `demonstration_segments(problem, fmt, rng, **options)`."""
-    return "".join(text for text, _ in demonstration_segments(problem, fmt, rng, **options))
+        return _voting_demo(problem, rng, num_trials, error_rate)
+    return _noisy_attempt(problem, rng, error_rate)

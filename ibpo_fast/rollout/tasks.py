@@ -37,6 +37,9 @@ class Task(Protocol):
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         """Whether `answer` (a final answer extracted from a response; None = none) solves `problem`."""
 
+    def attempt_error_rate(self, problem: Problem) -> float:
+        """Share of the demonstrated attempts of `problem` that hold a slip (warm-up / SFT data)."""
+
 
 def _check_request(split: str, n: int) -> None:
     if split not in SPLITS:
@@ -50,14 +53,22 @@ def normalize_answer(answer: str) -> str:
     return re.sub(r"\s+|,", "", answer).rstrip(".").lower()
 
 
-# Level -> number of terms. A problem is a start digit plus increments drawn from `STEP_TERMS`, and the
-# answer is the sum mod `MODULUS` (its last digit): "7+1+0+1%10" -> chain of thought "7+1=8+0=8+1=9", answer 9.
-# Every step of the chain is the same tiny table (copy, or the next digit mod 10) applied to the next
-# term, so a harder level is just a longer chain, where one sampled attempt slips more often while the
-# right answer stays the most frequent one across attempts (a vote recovers it). Measured: a from-scratch
-# model does not learn a full 10 x 10 digit-addition table (terms 0..9) within minutes on one CPU thread;
-# increments of 0/1 it does (see the tiny preset).
-ARITHMETIC_LEVELS: dict[int, int] = {1: 2, 2: 4, 3: 8, 4: 12}
+@dataclass(frozen=True)
+class ArithmeticLevel:
+    num_terms: int  # a start digit plus num_terms - 1 increments from STEP_TERMS
+    error_rate: float  # share of demonstrated attempts at this level that hold a slip (learned, on purpose)
+
+
+# A problem is a start digit plus increments drawn from `STEP_TERMS`, and the answer is the sum mod `MODULUS`
+# (its last digit): "7+1+0+1%10" -> chain of thought "7+1=8+0=8+1=9", answer 9. A harder level is a longer
+# chain whose demonstrated attempts slip at a rate the model cannot predict: a slip falls on a random step,
+# so a trained attempt is wrong at about that rate whatever it does, its wrong answers spread over several
+# values, and a vote over independent attempts (each from another term) recovers the right one. Measured
+# on the tiny model, what capacity alone gives is not that: chains of 0/1 increments are learned up to ~10
+# terms and fail beyond (12 terms: 0.29-0.42 right with the wrong answers next to the right one, votes gain
+# nothing), chains of digits up to ~8 and fail at 10 (0.08); in between the outcome depends on the seed.
+ARITHMETIC_LEVELS: dict[int, ArithmeticLevel] = {
+    1: ArithmeticLevel(2, 0.0), 2: ArithmeticLevel(4, 0.15), 3: ArithmeticLevel(8, 0.4), 4: ArithmeticLevel(12, 0.4)}
 MODULUS = 10
 STEP_TERMS = (0, 1)
 
@@ -77,13 +88,16 @@ class ArithmeticTask:
         out = []
         for i in range(n):
             level = rng.choice(self.levels)
-            terms = [rng.randint(0, 9)] + [rng.choice(STEP_TERMS) for _ in range(ARITHMETIC_LEVELS[level] - 1)]
+            terms = [rng.randint(0, 9)] + [rng.choice(STEP_TERMS) for _ in range(ARITHMETIC_LEVELS[level].num_terms - 1)]
             text = "+".join(map(str, terms)) + f"%{MODULUS}"
             out.append(Problem(f"arith/{split}/{seed}/{i}", text, str(sum(terms) % MODULUS), level))
         return out
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answer is not None and normalize_answer(answer) == normalize_answer(problem.answer)
+
+    def attempt_error_rate(self, problem: Problem) -> float:
+        return ARITHMETIC_LEVELS[problem.level].error_rate
 
 
 class ReasoningGymTask:
@@ -118,6 +132,9 @@ class ReasoningGymTask:
             self._entries[uid] = (dataset, entry)
             out.append(Problem(uid, entry["question"], str(entry["answer"]), level))
         return out
+
+    def attempt_error_rate(self, problem: Problem) -> float:
+        return 0.0  # its demonstrations state the answer, without steps to slip in
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         if answer is None:
@@ -165,6 +182,9 @@ class JsonlMathTask:
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answer is not None and math_equal(problem.answer, answer)
+
+    def attempt_error_rate(self, problem: Problem) -> float:
+        return 0.0  # its demonstrations state the answer, without steps to slip in
 
 
 def _jsonl_problem(line: str, where: str, default_id: str) -> Problem:

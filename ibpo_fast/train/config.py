@@ -57,9 +57,6 @@ class TrainConfig:
     """SFT steps on demonstrations before the main phase (the tiny model needs them to learn the formats)."""
     warmup_batch: int = 64
     """Demonstrations per warm-up step (global, split across ranks)."""
-    demo_slip_rate: float = 0.3
-    """Share of wrong attempts in the voting demonstrations of the warm-up and SFT baselines: context only,
-    never learned, they teach the model to go on voting until three answers agree."""
     prompts_per_step: int = 16
     """P: prompts per step, global; every rank takes P / world_size of them."""
     samples_per_prompt: int = 8
@@ -151,7 +148,6 @@ class TrainConfig:
             (self.max_row_tokens >= 1 and self.checkpoint_every >= 0, "max_row_tokens", ">= 1, checkpoint_every >= 0"),
             (self.stop_after >= 0, "stop_after", ">= 0"),
             (self.seed >= 0, "seed", ">= 0"),
-            (0.0 <= self.demo_slip_rate < 1.0, "demo_slip_rate", "in [0, 1)"),
             (self.summary_problems_per_level >= 0, "summary_problems_per_level", ">= 0"),
             (not (self.resume and self.overwrite), "resume", "false when overwrite is true (continue or start afresh)"),
         ]

@@ -127,10 +127,9 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
     """Warm-up / SV-SFT / ASV-SFT: one demonstration per problem, every one learned (weight 1)."""
     cfg, world, timer = run.cfg, run.world, PhaseTimer(run.world.device)
     problems, first = phases.shard(run.task.problems("train", batch, seed=_data_seed(cfg, step)), world)
-    samples = phases.demonstrations(run.tokenizer, problems, first, seed=cfg.seed, step=step, formats=formats,
-                                    verbose=cfg.verbose_prompts, extended_trials=cfg.extended_trials,
-                                    slip_rate=cfg.demo_slip_rate)
-    gathered = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.learned_tokens(),
+    samples = phases.demonstrations(run.task, run.tokenizer, problems, first, seed=cfg.seed, step=step,
+                                    formats=formats, verbose=cfg.verbose_prompts, extended_trials=cfg.extended_trials)
+    gathered = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
                                                   "group": samples.group})
     figures = _update(run, samples, gathered["weight"], gathered["tokens"], lr, timer)
     return {"mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", **figures,

@@ -29,7 +29,7 @@ import torch
 from ibpo_fast import budget, grouping
 from ibpo_fast.models import encode_prompts
 from ibpo_fast.packing import pack
-from ibpo_fast.rollout import FORMATS, Grader, demonstration_segments, prompt_text
+from ibpo_fast.rollout import FORMATS, Grader, demonstration, prompt_text
 from ibpo_fast.seeding import derive_seed
 from ibpo_fast.train.distributed import World, all_gather_arrays
 
@@ -52,17 +52,9 @@ class Samples:
     weight: np.ndarray  # float64, the ILP's 0/1 (or 1 for demonstrations)
     forced_prompts: list[tuple[list[int], list[int]]] | None = None  # per sample: its problem's (regular, sv)
     # prompt ids, for anchoring; None for demonstrations
-    response_masks: list[list[bool]] | None = None  # per sample, which response tokens are learned (None: all)
 
     def response_tokens(self) -> np.ndarray:
-        """Generated tokens of each response (its inference cost)."""
         return np.array([len(response) for _, response in self.pairs], np.int64)
-
-    def learned_tokens(self) -> np.ndarray:
-        """Learned tokens of each response (the loss normaliser counts these)."""
-        if self.response_masks is None:
-            return self.response_tokens()
-        return np.array([sum(mask) for mask in self.response_masks], np.int64)
 
 
 @dataclass
@@ -134,28 +126,24 @@ def assign_groups(samples: Samples, extended_trials: int) -> None:
     samples.group = grouping.response_groups(samples.texts, (extended_trials,))
 
 
-def demonstrations(tokenizer, problems, first, *, seed: int, step: int, formats, verbose: bool,
-                   extended_trials: int, slip_rate: float = 0.0) -> Samples:
+def demonstrations(task, tokenizer, problems, first, *, seed: int, step: int, formats, verbose: bool,
+                   extended_trials: int) -> Samples:
     """One demonstration per problem, its (prompt format, response format) drawn from `formats` by a
-    generator seeded per (seed, step, global index): the same data whatever the number of ranks. Voting
-    demonstrations hold wrong attempts at `slip_rate`, masked out of the loss (`demonstration_segments`)."""
-    pairs, texts, masks, prompt_formats = [], [], [], []
+    generator seeded per (seed, step, global index): the same data whatever the number of ranks. Its
+    attempts slip at the task's rate for the problem (`Task.attempt_error_rate`)."""
+    pairs, texts, prompt_formats = [], [], []
     for i, problem in enumerate(problems):
         rng = random.Random(derive_seed(seed, "demonstration", step, first + i))
         prompt_fmt, response_fmt = rng.choice(formats)
         prompt = encode_prompts(tokenizer, [prompt_text(problem, prompt_fmt, verbose=verbose)])[0]
-        ids, mask = [], []
-        for text, learned in demonstration_segments(problem, response_fmt, rng, slip_rate=slip_rate):
-            piece = tokenizer(text, add_special_tokens=False).input_ids
-            ids, mask = ids + piece, mask + [learned] * len(piece)
-        pairs.append((prompt, ids + [tokenizer.eos_token_id]))
-        masks.append(mask + [True])
-        texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+        text = demonstration(problem, response_fmt, rng, error_rate=task.attempt_error_rate(problem))
+        pairs.append((prompt, tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]))
+        texts.append(text)
         prompt_formats.append(FORMATS.index(prompt_fmt))
     count = len(problems)
     return Samples(pairs, texts, np.arange(first, first + count), np.array([p.level for p in problems], np.int64),
                    np.ones(count), grouping.response_groups(texts, (extended_trials,)),
-                   np.array(prompt_formats, np.int64), np.full(count, np.nan), np.ones(count), response_masks=masks)
+                   np.array(prompt_formats, np.int64), np.full(count, np.nan), np.ones(count))
 
 
 def select(world: World, samples: Samples, buffer: budget.SampleBuffer, cfg) -> tuple[dict, budget.Selection]:
@@ -184,10 +172,6 @@ def training_pairs(samples: Samples, rows: np.ndarray, anchor: bool) -> tuple[li
     return pairs, np.array(owners, np.int64)
 
 
-def _masks(samples: Samples, owners: np.ndarray):
-    return None if samples.response_masks is None else [samples.response_masks[i] for i in owners]
-
-
 def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg, *, anchor: bool = False) -> dict:
     """Weighted SFT step on the selected responses: loss = −Σ_i w_i log π(y_i|x_i) / Z with Z the learned
     response tokens of all ranks (each anchored copy counts again). Only w_i > 0 is packed. Returns local,
@@ -199,7 +183,7 @@ def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg,
     chosen = np.flatnonzero(samples.weight > 0)
     dummy = len(chosen) == 0  # keep this rank in the collectives with a zero-weight sequence
     pairs, owners = training_pairs(samples, chosen if not dummy else np.array([0]), anchor and not dummy)
-    batch = pack(pairs, response_masks=_masks(samples, owners), device=world.device)
+    batch = pack(pairs, device=world.device)
     # FSDP averages gradients over ranks: W · w_i / Z makes the average the one-process gradient.
     scale = 0.0 if dummy else world.size / total_tokens
     seq_weights = torch.as_tensor(samples.weight[owners] * scale, dtype=torch.float32, device=world.device)
@@ -213,7 +197,7 @@ def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg,
     if not dummy and direct.any() and cfg.temperature == 1.0:
         diff = seq_logp.double().cpu()[torch.as_tensor(direct)] - torch.as_tensor(samples.sampler_logp[owners][direct])
         figures["abs_diff"] = torch.abs(diff).sum()
-        figures["tokens"] = float(samples.learned_tokens()[owners][direct].sum())
+        figures["tokens"] = float(samples.response_tokens()[owners][direct].sum())
     return figures
 
 
