@@ -25,6 +25,7 @@ from ibpo_fast.packing import pack
 from ibpo_fast.rollout import Grader, demonstration, prompt_text
 from ibpo_fast.seeding import derive_seed
 from ibpo_fast.train.distributed import World, all_gather_arrays
+from ibpo_fast.train.policy import backward_in_chunks
 
 
 @dataclass
@@ -126,12 +127,11 @@ def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg)
     chosen = np.flatnonzero(samples.weight > 0)
     dummy = len(chosen) == 0  # keep this rank in the collectives with a zero-weight sequence
     rows = chosen if not dummy else np.array([0])
-    batch = pack([samples.pairs[i] for i in rows], device=world.device)
     # FSDP averages gradients over ranks: W · w_i / Z makes the average the one-process gradient.
     scale = 0.0 if dummy else world.size / total_tokens
     seq_weights = torch.as_tensor(samples.weight[rows] * scale, dtype=torch.float32, device=world.device)
-    seq_logp, loss = policy(batch, seq_weights)
-    loss.backward()
+    seq_logp, loss = backward_in_chunks(policy, [samples.pairs[i] for i in rows], seq_weights, world,
+                                        cfg.update_tokens)
     figures = {"loss": loss.detach(), "abs_diff": 0.0, "tokens": 0.0, "skipped": False}
     sampled = samples.sampler_logp[rows]
     if not dummy and np.all(np.isfinite(sampled)) and cfg.temperature == 1.0:
