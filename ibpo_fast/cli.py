@@ -3,6 +3,7 @@
     ibpo-fast train --preset tiny --steps 3 --out runs/tiny       # any TrainConfig field as --key=value
     ibpo-fast eval --checkpoint runs/tiny                        # EvalConfig fields as --key=value
     ibpo-fast plot --metrics runs/tiny/metrics.jsonl --out runs/tiny
+    ibpo-fast plan --preset llama8b --gpus 8 --gpu_memory_gib 80     # per-rank memory; TrainConfig --key=value
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     plot = commands.add_parser("plot", help="budget-adherence and allocation PNGs from metrics.jsonl")
     plot.add_argument("--metrics", required=True)
     plot.add_argument("--out", required=True)
+    plan = commands.add_parser("plan", allow_abbrev=False, help="per-rank GPU memory of a preset and whether it fits")
+    plan.add_argument("--preset", default="tiny", help="configs/NAME.yaml or a YAML path (default: tiny)")
+    plan.add_argument("--gpus", type=int, required=True, help="processes (one GPU each)")
+    plan.add_argument("--gpu_memory_gib", type=float, required=True, help="memory of one GPU")
+    plan.add_argument("--prompt_tokens", type=int, default=512, help="prompt length assumed (default: 512)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "plot":
         if rest:
@@ -31,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from ibpo_fast.train.config import EvalConfig, TrainConfig, load_config
     try:
-        cfg = load_config(TrainConfig if args.command == "train" else EvalConfig, preset=args.preset, overrides=rest)
+        cfg = load_config(EvalConfig if args.command == "eval" else TrainConfig, preset=args.preset, overrides=rest)
+        if args.command == "plan":
+            from ibpo_fast.train.plan import plan as memory_plan
+            print(memory_plan(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib,
+                              prompt_tokens=args.prompt_tokens).format())
+            return 0
     except ValueError as e:
         parser.error(str(e))
     if args.command == "train":

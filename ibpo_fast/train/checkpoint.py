@@ -18,6 +18,7 @@ run stopped early) or a run folder (its model.pt, else its checkpoint).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -39,8 +40,6 @@ TRAINER = "trainer.pt"
 POLICY_PREFIX = "model."  # the `Policy` wrapper's state-dict keys are the bare model's with this prefix
 # Fields a resume may change: where and how the run executes, how long it runs, how batches are cut.
 # Every other field changes what the run computes and must equal the saved run's.
-# DCP warns on every single-process save/load; one process is a case this module means.
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 RESUMABLE_CHANGES = frozenset({
     "out", "resume", "stop_after", "steps", "progress", "tensorboard", "checkpoint_every", "device",
     "generate_batch", "generate_prompts", "generate_kv_gib", "update_tokens", "activation_checkpointing",
@@ -59,7 +58,8 @@ def save(out: Path, *, policy, optimizer, buffer, step: int, cfg, world: World) 
         tmp.mkdir(parents=True)
     barrier(world)
     model_state, optim_state = get_state_dict(policy, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp, no_dist=not world.sharded)
+    with _single_process_ok():
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=tmp, no_dist=not world.sharded)
     torch.save(_rng_state(), tmp / f"rng_{world.rank}.pt")
     if world.is_main:
         torch.save({"step": step, "buffer": buffer.state_dict(), "config": dataclasses.asdict(cfg),
@@ -81,7 +81,8 @@ def load(out: Path, *, policy, optimizer, buffer, cfg, world: World) -> int:
     check_resumable(trainer["config"], cfg, folder)
     model_state, optim_state = get_state_dict(policy, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=folder, no_dist=not world.sharded)
+    with _single_process_ok():
+        dcp.load(state, checkpoint_id=folder, no_dist=not world.sharded)
     set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     buffer.load_state_dict(trainer["buffer"])
     _set_rng_state(torch.load(folder / f"rng_{world.rank % trainer['world_size']}.pt", weights_only=False))
@@ -134,7 +135,8 @@ class SavedWeights:
             return
         # DCP loads in place into the tensors it is handed, resharding from whatever world size saved them.
         state = {"model": {POLICY_PREFIX + key: value for key, value in model.state_dict().items()}}
-        dcp.load(state, checkpoint_id=self.path, no_dist=True)
+        with _single_process_ok():
+            dcp.load(state, checkpoint_id=self.path, no_dist=True)
 
 
 def bare_keys(policy_weights: dict) -> dict:
@@ -148,6 +150,14 @@ def _folder(out: Path, name: str = CHECKPOINT) -> Path | None:
         if (folder / TRAINER).is_file():
             return folder
     return None
+
+
+@contextlib.contextmanager
+def _single_process_ok():
+    """DCP warns on every single-process save or load; here they are meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def _rng_state() -> dict:
