@@ -160,7 +160,7 @@ def test_the_model_trains_in_train_mode_after_sampling(tmp_path, warm_tiny):
     run = build(TrainConfig(**{**SMALL, "warmup_steps": 0, "steps": 1, "levels": [1], "max_new_tokens": 64},
                             init_from=warm_tiny, out=str(tmp_path)))
     modes = []
-    run.policy.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    run.policy.register_forward_pre_hook(lambda module, args: modes.append(all(m.training for m in module.modules())))
     record = one_step(run, 0)
     assert record["num_selected"] > 0 and modes == [True]  # the update's forward ran in train mode
     assert all(module.training for module in run.policy.modules())

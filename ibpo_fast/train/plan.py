@@ -9,8 +9,8 @@ Per rank of W, for N parameters and b bytes per element of the compute dtype (`d
   unsharded gradients; the activations of one forward (`update_tokens` tokens, else every selected
   sequence of the rank at full length, the worst case); the backward's temporaries; the fused loss's
   saved gradients and its f32 accumulators and tiles (ops, DESIGN.md §3).
-- the optimizer step: the gradients and foreach AdamW's temporaries (measured 1.33 f32 copies of the
-  shard on SmolLM2's shapes; planned as 1.5).
+- the optimizer step: the gradients and foreach AdamW's temporaries (measured 1.33-1.6 f32 copies of the
+  shard on SmolLM2's shapes; planned as 2).
 - generation: the whole model gathered in the compute dtype (`distributed.GenerationWeights`; nothing
   extra for f32 in one process), the KV cache of the rows in flight (`models.kv_cache_bytes_per_token`), the
   sampler's logits rows.
@@ -45,7 +45,7 @@ from ibpo_fast.train.config import TrainConfig
 GIB = 2**30
 USABLE_FRACTION = 0.9
 LOSS_WORKSPACE_BYTES = 256 * 2**20  # the fused ops' tile bound (DESIGN.md §3)
-ADAMW_STEP_COPIES = 1.5
+ADAMW_STEP_COPIES = 2.0
 PHASES = ("held", "update", "optimizer step", "generation")
 
 
