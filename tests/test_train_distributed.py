@@ -92,3 +92,36 @@ def test_one_process_saves_two_resume(tmp_path, one_process, warm_tiny):
     # the resumed run's first step generates before any training forward (FSDP's lazy init from sampling)
     _torchrun(tmp_path, init_from=warm_tiny, out=tmp_path / "cut", resume=True)
     assert_same_run(tmp_path / "cut", one_process)
+
+
+GENERATION_SCRIPT = """
+import torch
+from torch.distributed.tensor import DTensor
+from ibpo_fast.models import tiny_model
+from ibpo_fast.train import distributed
+from ibpo_fast.train.policy import Policy
+
+world = distributed.init("cpu")
+reference = tiny_model(40, seed=0)
+policy = distributed.parallelize(Policy(tiny_model(40, seed=0)), world, compute_dtype=torch.float32)
+with distributed.GenerationWeights(policy, world)() as model:
+    assert not model.training and not any(isinstance(p, DTensor) for p in model.parameters())
+    for length in range(3, 3 + 1 + 4 * world.rank):  # rank 1 runs 4 more forwards than rank 0
+        ids = torch.randint(4, 40, (2, length))
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)
+assert policy.training and all(isinstance(p, DTensor) for p in policy.parameters())  # resharded
+distributed.shutdown(world)
+print("ok", world.rank)
+"""
+
+
+def test_generation_weights_are_gathered_once_with_no_collectives_inside(tmp_path):
+    # Ranks forward different numbers of times inside the phase (as `generate` does): any per-layer
+    # all-gather there would leave rank 1 waiting forever for rank 0.
+    script = tmp_path / "generation.py"
+    script.write_text(GENERATION_SCRIPT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], cwd=tmp_path, env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=90)
+    assert result.returncode == 0 and result.stdout.count("ok") == 2, result.stdout[-3000:] + result.stderr[-3000:]

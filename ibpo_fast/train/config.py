@@ -151,7 +151,7 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class EvalConfig:
     checkpoint: str = "runs/tiny"
-    """A run folder (its model.pt) or a checkpoint file."""
+    """A run folder (its model.pt, else its checkpoint: a run stopped early), a model.pt or a checkpoint folder."""
     problems_per_level: int = 64
     """Test problems per difficulty level."""
     samples_per_problem: int = 1

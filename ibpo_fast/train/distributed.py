@@ -115,7 +115,9 @@ class GenerationWeights:
                 policy._get_fsdp_state()._lazy_init()
                 for module in fsdp_modules:
                     module.set_reshard_after_forward(False, recurse=False)
-                    module.unshard()
+                handles = [module.unshard(async_op=True) for module in fsdp_modules]  # all in flight at once
+                for handle in handles:
+                    handle.wait()
             with policy.compute_context():
                 yield policy.model
         finally:
