@@ -3,6 +3,7 @@
     ibpo-fast train --preset tiny --steps 3 --out runs/tiny       # any TrainConfig field as --key=value
     ibpo-fast eval --checkpoint runs/tiny                        # EvalConfig fields as --key=value
     ibpo-fast plot --metrics runs/tiny/metrics.jsonl --out runs/tiny
+    ibpo-fast plan --preset llama8b --gpus 8 --gpu_memory_gib 80     # per-rank memory; TrainConfig --key=value
 
 A subcommand is one line of COMMANDS: its help and the "module:function" that runs it, imported only when
 chosen (`function(argv, prog) -> exit status`), so no command pays for another's imports.
@@ -18,6 +19,8 @@ COMMANDS = {
     "eval": ("score a trained model per difficulty level; EvalConfig fields as --key=value",
              "ibpo_fast.train.command:eval_main"),
     "plot": ("PNGs of a run's metrics.jsonl or warmup.jsonl", "ibpo_fast.plot:main"),
+    "plan": ("per-rank GPU memory of a preset (parameters, gradients, optimizer, activations, KV cache) and whether "
+             "it fits", "ibpo_fast.train.command:plan_main"),
 }
 
 

@@ -16,7 +16,8 @@ from ibpo_fast import budget, pack
 from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model
 from ibpo_fast.rollout import FORMATS, ArithmeticTask, HFSampler, Problem, Rollout, prompt_text
 from ibpo_fast.train import TrainConfig, train
-from ibpo_fast.train.config import load_config
+from ibpo_fast.train.config import EvalConfig, load_config
+from ibpo_fast.train.evaluate import evaluate
 from ibpo_fast.train import phases
 from ibpo_fast.train.distributed import World
 from ibpo_fast.train.policy import Policy
@@ -110,8 +111,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, one_thread):
-    overrides = {**SMALL, "warmup_steps": 3, "steps": 4}
+def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, one_thread, warm_tiny):
+    # From the warm-started model, so that the IBPO steps on both sides of the cut select and update;
+    # accumulate_steps=2 carries the budget's sample buffer across the resume.
+    overrides = {**SMALL, "warmup_steps": 3, "warmup_lr": 1e-4, "steps": 4, "levels": [1], "max_new_tokens": 64,
+                 "accumulate_steps": 2, "init_from": warm_tiny}
     # Both runs from the same preset: the tiny preset's row layout differs from the dataclass defaults,
     # and a different packing layout may move a loss by an ulp.
     preset = lambda **more: load_config(TrainConfig, preset="tiny", overrides={**overrides, **more})  # noqa: E731
@@ -128,25 +132,59 @@ def test_sigint_then_resume_matches_an_uninterrupted_run(tmp_path, one_thread):
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 130, output  # interrupted: a checkpoint, and a non-zero exit
     # Stopped early (model.pt is written only at the end), with a checkpoint to resume from.
-    assert not (tmp_path / "cut" / "model.pt").exists() and (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert not (tmp_path / "cut" / "model.pt").exists() and (tmp_path / "cut" / "checkpoint" / "trainer.pt").exists()
     assert len(_lines(warmup)) + len(_lines(tmp_path / "cut" / "metrics.jsonl")) < 7
+    # eval takes a run stopped early: its checkpoint's weights
+    result = evaluate(EvalConfig(checkpoint=str(tmp_path / "cut"), problems_per_level=2, max_new_tokens=16))
+    assert set(result["levels"]) == {"1"} and (tmp_path / "cut" / "eval.json").is_file()
     train(preset(out=str(tmp_path / "cut"), resume=True))
     for name in ("warmup.jsonl", "metrics.jsonl"):
         whole, cut = _lines(tmp_path / "whole" / name), _lines(tmp_path / "cut" / name)
         assert [{k: r.get(k) for k in DETERMINISTIC} for r in cut] == [{k: r.get(k) for k in DETERMINISTIC} for r in whole]
+    ibpo = _lines(tmp_path / "whole" / "metrics.jsonl")
+    assert len(ibpo) == 4 and all(r["num_selected"] > 0 and r["update_skipped"] is False for r in ibpo), ibpo
 
 
-def test_init_from_model_or_checkpoint_starts_from_those_weights(tmp_path):
+def test_resume_refuses_a_changed_meaning_and_allows_operational_changes(tmp_path):
+    config = lambda **more: TrainConfig(**{**SMALL, "warmup_steps": 1, "steps": 1, **more}, out=str(tmp_path))  # noqa: E731
+    train(config(stop_after=1))
+    with pytest.raises(ValueError, match=r"saved with accumulate_steps=1, lr=0.001, the config has "
+                                         r"accumulate_steps=2, lr=0.002"):
+        train(config(resume=True, accumulate_steps=2, lr=2e-3))
+    train(config(resume=True, steps=2, activation_checkpointing=True, update_tokens=8, progress=True))
+    assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == [0, 1]
+
+
+def test_the_model_trains_in_train_mode_after_sampling(tmp_path, warm_tiny):
+    # Sampling sets eval mode on the trained model itself (one process): the update must see train mode.
+    from ibpo_fast.train.components import build
+    from ibpo_fast.train.loop import one_step
+
+    run = build(TrainConfig(**{**SMALL, "warmup_steps": 0, "steps": 1, "levels": [1], "max_new_tokens": 64},
+                            init_from=warm_tiny, out=str(tmp_path)))
+    modes = []
+    run.policy.register_forward_pre_hook(lambda module, args: modes.append(all(m.training for m in module.modules())))
+    record = one_step(run, 0)
+    assert record["num_selected"] > 0 and modes == [True]  # the update's forward ran in train mode
+    assert all(module.training for module in run.policy.modules())
+    with run.generation_weights() as model:
+        assert not model.training
+    assert all(module.training for module in run.policy.modules())
+
+
+def test_init_from_model_checkpoint_or_run_folder_starts_from_those_weights(tmp_path):
     train(TrainConfig(**{**SMALL, "steps": 0}, out=str(tmp_path / "source")))
     source = torch.load(tmp_path / "source" / "model.pt", weights_only=False)["model"]
-    for name in ("model.pt", "checkpoint.pt"):
-        out = tmp_path / name
+    for name in ("model.pt", "checkpoint", ""):
+        out = tmp_path / f"from_{name or 'run'}"
         # no step at all: the saved model is the one init_from loaded
         train(TrainConfig(**{**SMALL, "warmup_steps": 0, "steps": 0}, init_from=str(tmp_path / "source" / name),
                           out=str(out)))
         loaded = torch.load(out / "model.pt", weights_only=False)["model"]
         assert loaded.keys() == source.keys()
         assert all(torch.equal(loaded[key], source[key]) for key in source)
+    with pytest.raises(ValueError, match="neither a model file"):
+        train(TrainConfig(**SMALL, init_from=str(tmp_path / "nothing"), out=str(tmp_path / "bad")))
 
 
 def test_any_seed_runs(tmp_path):

@@ -70,6 +70,24 @@ def train_main(argv: list[str] | None = None, prog: str = "python -m ibpo_fast.t
     return 130 if run.interrupted else 0
 
 
+def plan_main(argv: list[str] | None = None, prog: str = "ibpo-fast plan") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = config_parser(TrainConfig, prog, "tiny", argv)
+    parser.usage = f"{prog} [-h] [--preset PRESET] --gpus N --gpu_memory_gib M [--prompt_tokens T] [--KEY=VALUE ...]"
+    parser.add_argument("--gpus", type=int, required=True, help="processes (one GPU each)")
+    parser.add_argument("--gpu_memory_gib", type=float, required=True, help="memory of one GPU, GiB")
+    parser.add_argument("--prompt_tokens", type=int, default=512, help="prompt length assumed (default: 512)")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(TrainConfig, preset=args.preset, overrides=overrides)
+    except ValueError as e:
+        parser.error(str(e))
+    from ibpo_fast.train.plan import plan  # torch from here on
+
+    print(plan(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib, prompt_tokens=args.prompt_tokens).format())
+    return 0
+
+
 def eval_main(argv: list[str] | None = None, prog: str = "ibpo-fast eval") -> int:
     argv = sys.argv[1:] if argv is None else argv
     ecfg = read_config(EvalConfig, prog, None, argv)

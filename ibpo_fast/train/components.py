@@ -24,7 +24,7 @@ class Run:
     tokenizer: object
     policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    replica: distributed.SamplerReplica
+    generation_weights: distributed.GenerationWeights
     sampler: HFSampler
     task: object
     buffer: budget.SampleBuffer
@@ -39,25 +39,27 @@ class Run:
 def build(cfg: TrainConfig) -> Run:
     world = distributed.init(cfg.device)
     torch.manual_seed(cfg.seed)
-    dtype, task = cfg.torch_dtype, make_task(cfg.task, cfg.levels)  # the inputs first: no folder for bad ones
-    model, tokenizer = load_model(cfg.model, dtype=dtype, device=world.device, seed=cfg.seed)
+    compute_dtype, task = cfg.torch_dtype, make_task(cfg.task, cfg.levels)  # the inputs first: no folder for bad ones
+    # f32 master weights whatever the compute dtype (a bf16 weight loses updates below half an ulp)
+    model, tokenizer = load_model(cfg.model, dtype=torch.float32, device=world.device, seed=cfg.seed)
     if cfg.init_from:
-        model.load_state_dict(checkpoint.model_weights(checkpoint.load_file(cfg.init_from)))
-    if world.device.type == "cuda" and dtype != torch.float32 and importlib.util.find_spec("flash_attn"):
+        checkpoint.SavedWeights(cfg.init_from).load_into(model)
+    if world.device.type == "cuda" and compute_dtype != torch.float32 and importlib.util.find_spec("flash_attn"):
         # One packed row, sequences told apart by position_ids (varlen kernels); untested here (no GPU).
         model.set_attn_implementation("flash_attention_2")
     policy = Policy(model, max_row_tokens=cfg.max_row_tokens)
-    replica = distributed.SamplerReplica(policy, model, world)  # copied before sharding
-    policy = distributed.parallelize(policy, world)
+    policy = distributed.parallelize(policy, world, compute_dtype=compute_dtype,
+                                     activation_checkpointing=cfg.activation_checkpointing)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = HFSampler(replica.model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+    sampler = HFSampler(model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         batch_size=cfg.generate_batch, progress=False)
     buffer = budget.SampleBuffer(cfg.accumulate_steps)
     out = run_folder.prepare(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, is_main=world.is_main)
-    resuming = cfg.resume and (out / checkpoint.CHECKPOINT).exists()
-    start = checkpoint.load(out, policy=policy, optimizer=optimizer, buffer=buffer) if resuming else 0
+    resuming = cfg.resume and checkpoint.exists(out)
+    start = checkpoint.load(out, policy=policy, optimizer=optimizer, buffer=buffer, cfg=cfg,
+                            world=world) if resuming else 0
     logger = lambda name, first: MetricLogger(  # noqa: E731
         out / name, enabled=world.is_main, resume_step=first if resuming else None, tensorboard=cfg.tensorboard)
-    return Run(cfg, world, tokenizer, policy, optimizer, replica, sampler, task,
+    return Run(cfg, world, tokenizer, policy, optimizer, distributed.GenerationWeights(policy, world), sampler, task,
                buffer, out, start,
                logger("metrics.jsonl", start - cfg.warmup_steps), logger("warmup.jsonl", start))

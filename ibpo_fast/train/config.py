@@ -37,10 +37,12 @@ class TrainConfig:
     model: str = "tiny"
     """"tiny" (random char-level Llama, trained from scratch), "smollm2", or a local model directory."""
     init_from: str = ""
-    """Start from the weights in this model.pt / checkpoint.pt (e.g. a warm-up-only run) instead of the
-    fresh `model`; baselines compared at equal settings start from the same file."""
+    """Start from the weights of this model.pt, checkpoint folder or run folder (e.g. a warm-up-only run)
+    instead of the fresh `model`; baselines compared at equal settings start from the same file."""
     dtype: str = "float32"
-    """Parameter dtype: "float32" or "bfloat16"."""
+    """Compute dtype: "float32" or "bfloat16". The parameters (master weights) and the optimizer state are
+    f32 either way; "bfloat16" runs the forward, backward and generation in bf16 (FSDP2
+    MixedPrecisionPolicy under torchrun, autocast in one process) and reduces gradients in f32."""
     device: str = "auto"
     """"auto" (cuda when available, else cpu), "cpu" or "cuda"."""
     seed: int = 0
@@ -105,6 +107,12 @@ class TrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (0 disables)."""
+    update_tokens: int = 0
+    """Most tokens (prompt + response) per forward/backward of the update, in chunks of whole sequences
+    whose gradients accumulate (0: all of a rank's selected sequences at once). Bounds activation memory."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder block's activations in backward instead of keeping them (torchtitan's
+    per-block checkpointing): activations shrink to one hidden state per token and block."""
     max_row_tokens: int = 512
     """sdpa path: packed sequences are laid out in rows of at most this many tokens (whole sequences
     only, a block-diagonal mask per row), so attention costs O(T · row) instead of O(T²)."""
@@ -113,7 +121,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Save a checkpoint every k steps (0: only at the end and on Ctrl-C)."""
     resume: bool = False
-    """Continue from `out`/checkpoint.pt when it exists (a non-empty `out` is refused without it or `overwrite`)."""
+    """Continue from the checkpoint in `out` when there is one (on any number of processes); fields that
+    change the run's meaning must equal the saved run's (`checkpoint.RESUMABLE_CHANGES` may differ). A
+    non-empty `out` is refused without it or `overwrite`."""
     overwrite: bool = False
     """Delete the previous run's files in `out` first (a non-empty `out` is refused without it or `resume`)."""
     stop_after: int = 0
@@ -147,6 +157,7 @@ class TrainConfig:
             (self.lr > 0 and self.warmup_lr > 0, "lr", "> 0 (and warmup_lr too)"),
             (self.max_row_tokens >= 1 and self.checkpoint_every >= 0, "max_row_tokens", ">= 1, checkpoint_every >= 0"),
             (self.stop_after >= 0, "stop_after", ">= 0"),
+            (self.update_tokens >= 0, "update_tokens", ">= 0"),
             (self.seed >= 0, "seed", ">= 0"),
             (self.summary_problems_per_level >= 0, "summary_problems_per_level", ">= 0"),
             (not (self.resume and self.overwrite), "resume", "false when overwrite is true (continue or start afresh)"),
@@ -170,7 +181,7 @@ class TrainConfig:
 @dataclass(kw_only=True)
 class EvalConfig:
     checkpoint: str = "runs/tiny"
-    """A run folder (its model.pt) or a checkpoint file."""
+    """A run folder (its model.pt, else its checkpoint: a run stopped early), a model.pt or a checkpoint folder."""
     problems_per_level: int = 64
     """Test problems per difficulty level."""
     method: str = "sample"

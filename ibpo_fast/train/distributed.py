@@ -8,21 +8,30 @@ solves the same ILP over all W·P·n samples and keeps the weights of its own sa
 Σ w_i 1{g_i = k} ≤ q_k · m · P holds for the whole step, not per rank. The loss normaliser (selected
 tokens) is global for the same reason, so W processes take the same update as one.
 
-Sampling under FSDP uses a full, unsharded replica of the model (`SamplerReplica`) refreshed from the
-sharded weights before each step: `generate` stops at a data-dependent length on each rank, which would
-desynchronise the per-layer all-gathers of a sharded model.
+Mixed precision as torchtitan does it: the parameters (master weights) and the optimizer state stay f32;
+with `dtype: bfloat16` the compute is bf16. Under FSDP2 that is `MixedPrecisionPolicy(param_dtype=bf16,
+reduce_dtype=f32)` (gathered weights in bf16, gradients reduce-scattered and kept in f32); in one process,
+`torch.autocast` (matmuls in bf16, norms and the residual stream in f32, so the two differ by rounding).
+
+Sampling uses the trained model itself, with no second copy (`GenerationWeights`). Under FSDP2 it
+all-gathers every module once (`unshard`, in the compute dtype) and keeps the weights gathered for the
+whole generation phase (`set_reshard_after_forward(False)`): `generate` stops at a data-dependent length
+on each rank, and per-layer all-gathers inside it would be collectives the ranks call different numbers
+of times. The hooks still run per layer but only find the weights already gathered; the phase ends with
+`reshard`, freeing the gathered copy before the update.
 """
 from __future__ import annotations
 
-import copy
+import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
 @dataclass(frozen=True)
@@ -62,14 +71,61 @@ def shutdown(world: World) -> None:
         dist.destroy_process_group()
 
 
-def parallelize(policy: torch.nn.Module, world: World) -> torch.nn.Module:
-    """FSDP2: one `fully_shard` per decoder layer, then the root (embeddings, final norm, LM head)."""
+def parallelize(policy: torch.nn.Module, world: World, *, compute_dtype: torch.dtype,
+                activation_checkpointing: bool = False) -> torch.nn.Module:
+    """Per-block activation checkpointing (optional, any world size), then the compute dtype: FSDP2 with one
+    `fully_shard` per decoder layer and one for the root (embeddings, final norm, LM head) under torchrun,
+    autocast in one process. The parameters must be f32 (the master weights)."""
+    layers = policy.model.model.layers
+    if activation_checkpointing:  # torchtitan: each block keeps only its input; backward recomputes it
+        for index, layer in enumerate(layers):
+            layers[index] = checkpoint_wrapper(layer)
     if not world.sharded:
+        policy.autocast_dtype = None if compute_dtype == torch.float32 else compute_dtype
         return policy
-    for layer in policy.model.model.layers:
-        fully_shard(layer)
-    fully_shard(policy)
+    precision = MixedPrecisionPolicy() if compute_dtype == torch.float32 else MixedPrecisionPolicy(
+        param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    for layer in layers:
+        fully_shard(layer, mp_policy=precision, reshard_after_forward=True)
+    # The root's floating input is the per-sequence loss weights: they stay f32 (W·w_i/Z in bf16 would
+    # move each sequence's gradient by up to 2^-9).
+    root_precision = dataclasses.replace(precision, cast_forward_inputs=False)
+    fully_shard(policy, mp_policy=root_precision, reshard_after_forward=False)
     return policy
+
+
+class GenerationWeights:
+    """`with generation_weights():` the trained model, ready to generate: eval mode, gathered once under
+    FSDP2, autocast in one process with bf16 compute; on exit back to train mode (and resharded).
+    Collective under FSDP2: every rank enters it."""
+
+    def __init__(self, policy: torch.nn.Module, world: World):
+        self.policy, self.world = policy, world
+
+    @contextlib.contextmanager
+    def __call__(self):
+        policy = self.policy
+        fsdp_modules = [module for module in policy.modules() if isinstance(module, FSDPModule)]
+        training = policy.training
+        policy.eval()
+        try:
+            if fsdp_modules:
+                # The root must be lazily initialised before any layer's hook runs, or the first layer
+                # to run claims to be the root (the first step may generate before any training forward).
+                policy._get_fsdp_state()._lazy_init()
+                for module in fsdp_modules:
+                    module.set_reshard_after_forward(False, recurse=False)
+                handles = [module.unshard(async_op=True) for module in fsdp_modules]  # all in flight at once
+                for handle in handles:
+                    handle.wait()
+            with policy.compute_context():
+                yield policy.model
+        finally:
+            for module in fsdp_modules:
+                module.reshard()
+                # back to `parallelize`'s setting: layers reshard after forward, the root does not
+                module.set_reshard_after_forward(module is not policy, recurse=False)
+            policy.train(training)
 
 
 def all_gather_arrays(world: World, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -90,17 +146,6 @@ def any_rank(world: World, flag: bool) -> bool:
     return bool(value.item())
 
 
-class SamplerReplica:
-    """The model that generates. Without sharding it is the trained model itself; under FSDP a plain
-    copy whose weights `refresh` gathers from the shards (collective: every rank calls it)."""
-
-    def __init__(self, policy: torch.nn.Module, model: torch.nn.Module, world: World):
-        self.policy, self.world = policy, world
-        self.model = copy.deepcopy(model) if world.sharded else model  # copied before fully_shard
-
-    def refresh(self) -> torch.nn.Module:
-        if self.world.sharded:
-            full = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True))
-            self.model.load_state_dict({key.removeprefix("model."): value for key, value in full.items()})
-        self.model.eval()
-        return self.model
+def barrier(world: World) -> None:
+    if world.sharded:
+        dist.barrier()

@@ -29,15 +29,12 @@ from ibpo_fast.train.config import EvalConfig, TrainConfig
 
 
 def load_trained(path: str, device: torch.device):
-    """(model, tokenizer, train config) from a run folder (its model.pt) or a .pt file."""
-    file = Path(path)
-    file = file / checkpoint.MODEL if file.is_dir() else file
-    if not file.is_file():
-        raise ValueError(f"checkpoint: no model file {str(file)!r} (train to the end first)")
-    state = checkpoint.load_file(file)
-    cfg = TrainConfig(**state["config"])
+    """(model, tokenizer, train config) from a run folder (its model.pt, else its checkpoint: a run stopped
+    early), a model.pt or a checkpoint folder."""
+    saved = checkpoint.SavedWeights(path)
+    cfg = TrainConfig(**saved.config)
     model, tokenizer = load_model(cfg.model, dtype=cfg.torch_dtype, device=device, seed=cfg.seed)
-    model.load_state_dict(checkpoint.model_weights(state))
+    saved.load_into(model)
     return model.eval(), tokenizer, cfg
 
 

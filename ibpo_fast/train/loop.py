@@ -108,8 +108,7 @@ def rl_step(run: Run, step: int) -> dict:
     """IBPO (or RFT): sample → grade → group → ILP → weighted update."""
     cfg, world, timer = run.cfg, run.world, PhaseTimer(run.world.device)
     problems, first = phases.shard(run.task.problems("train", cfg.prompts_per_step, seed=_data_seed(cfg, step)), world)
-    with timer("generate"):
-        run.replica.refresh()
+    with timer("generate"), run.generation_weights():
         drawn = phases.generate(run.sampler, run.tokenizer, problems, first, cfg, step)
     with timer("grade"):
         samples = phases.grade(run.task, problems, drawn, first)

@@ -28,10 +28,10 @@ import torch
 
 from ibpo_fast import budget, grouping
 from ibpo_fast.models import encode_prompts
-from ibpo_fast.packing import pack
 from ibpo_fast.rollout import FORMATS, Grader, demonstration, prompt_text
 from ibpo_fast.seeding import derive_seed
 from ibpo_fast.train.distributed import World, all_gather_arrays
+from ibpo_fast.train.policy import backward_in_chunks
 
 ADAPTIVE = FORMATS.index("asv")
 FORCED = ("regular", "sv")  # the forced prompt of group 0 (regular) and of the extended groups (voting)
@@ -183,12 +183,10 @@ def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg,
     chosen = np.flatnonzero(samples.weight > 0)
     dummy = len(chosen) == 0  # keep this rank in the collectives with a zero-weight sequence
     pairs, owners = training_pairs(samples, chosen if not dummy else np.array([0]), anchor and not dummy)
-    batch = pack(pairs, device=world.device)
     # FSDP averages gradients over ranks: W · w_i / Z makes the average the one-process gradient.
     scale = 0.0 if dummy else world.size / total_tokens
     seq_weights = torch.as_tensor(samples.weight[owners] * scale, dtype=torch.float32, device=world.device)
-    seq_logp, loss = policy(batch, seq_weights)
-    loss.backward()
+    seq_logp, loss = backward_in_chunks(policy, pairs, seq_weights, world, cfg.update_tokens)
     figures = {"loss": loss.detach(), "abs_diff": 0.0, "tokens": 0.0, "skipped": False}
     # Health metric: |sampler − trainer| of each sequence's summed log-prob, per learned token, over the
     # sequences trained under the prompt that drew them (a lower bound on the per-token mean |difference|;

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ibpo_fast.train import checkpoint
+from ibpo_fast.train import checkpoint, distributed
 
 LAST_STEPS = 5  # training shares are averaged over this many final steps
 
@@ -33,13 +33,16 @@ def held_out(run) -> dict | None:
     cfg = run.cfg
     if cfg.summary_problems_per_level == 0:
         return None
-    model = run.replica.refresh()  # collective under FSDP: every rank calls it
-    if not run.world.is_main:
+    answers = None
+    with run.generation_weights() as model:  # collective under FSDP: every rank enters, rank 0 generates
+        if run.world.is_main:
+            problems = test_problems(run.task, cfg, cfg.summary_problems_per_level, seed=cfg.seed)
+            answers = answer(model, run.tokenizer, run.task, problems, "asv", 1, cfg=cfg,
+                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                             progress=False)
+    distributed.any_rank(run.world, False)  # the other ranks wait for rank 0's generation
+    if answers is None:
         return None
-    problems = test_problems(run.task, cfg, cfg.summary_problems_per_level, seed=cfg.seed)
-    answers = answer(model, run.tokenizer, run.task, problems, "asv", 1, cfg=cfg, max_new_tokens=cfg.max_new_tokens,
-                     temperature=cfg.temperature, seed=cfg.seed, progress=False)
-    model.train()
     regular = ~answers.extended
     regular_tokens = float(answers.tokens[regular].mean()) if regular.any() else float("nan")
     return summarize(problems, answers.correct, answers.extended, answers.tokens, regular_tokens)
