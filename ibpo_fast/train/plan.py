@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 
 from ibpo_fast.models import char_tokenizer, kv_cache_bytes_per_token, tiny_model
-from ibpo_fast.train.components import COMPUTE_DTYPES
 from ibpo_fast.train.config import TrainConfig
 
 GIB = 2**30
@@ -196,7 +195,7 @@ def plan(cfg: TrainConfig, *, gpus: int, gpu_memory_gib: float, prompt_tokens: i
     if cfg.prompts_per_step % gpus:
         raise ValueError(f"plan: prompts_per_step={cfg.prompts_per_step} does not split over {gpus} GPUs")
     arch, source = architecture(cfg.model)
-    N, W, b = arch.num_parameters, gpus, torch.finfo(COMPUTE_DTYPES[cfg.dtype]).bits // 8
+    N, W, b = arch.num_parameters, gpus, torch.finfo(cfg.torch_dtype).bits // 8
     autocast = W == 1 and b != 4
     sequence = prompt_tokens + cfg.max_new_tokens
     per_rank = max(cfg.prompts_per_step // W * (cfg.max_per_prompt or cfg.samples_per_prompt),
@@ -206,7 +205,7 @@ def plan(cfg: TrainConfig, *, gpus: int, gpu_memory_gib: float, prompt_tokens: i
         tokens = min(tokens, max(cfg.update_tokens, sequence))
     gathered = (arch.root_parameters + 2 * arch.block_parameters) * b * 2 if W > 1 else (
         autocast_copy_bytes(arch, b) if autocast else 0)
-    kv_row = kv_cache_bytes_per_token(arch, COMPUTE_DTYPES[cfg.dtype]) * sequence
+    kv_row = kv_cache_bytes_per_token(arch, cfg.torch_dtype) * sequence
     jobs = cfg.prompts_per_step // W * cfg.samples_per_prompt
     kv_gib = getattr(cfg, "generate_kv_gib", None)  # the KV budget field of the rollout engine, once merged
     rows = min(jobs, int(kv_gib * GIB // kv_row) if kv_gib else cfg.generate_batch)
