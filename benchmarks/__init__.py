@@ -18,7 +18,8 @@ def _import_installed_package() -> None:
     saved = sys.path[:]
     sys.path[:] = [entry for entry in saved if Path(entry or ".").resolve() != checkout]
     try:
-        if importlib.util.find_spec("ibpo_fast") is not None:
+        spec = importlib.util.find_spec("ibpo_fast")
+        if spec is not None and spec.origin not in (None, "namespace"):  # a real package, not a stray folder
             import ibpo_fast  # noqa: F401  (in sys.modules from here on: its submodules come from the same copy)
     finally:
         sys.path[:] = saved

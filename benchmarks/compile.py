@@ -29,11 +29,13 @@ DTYPES = ("bfloat16", "float16", "float32")
 # kernel -> candidates (rows, vocab, hidden, warps[, stages]) tried by --sweep; the launch table picks among them
 SWEEP = {
     "forward": [(64, 128, 64, 8), (128, 128, 64, 8), (64, 256, 64, 8), (128, 256, 64, 8), (64, 128, 32, 4),
-                (32, 128, 32, 4)],
+                (32, 128, 32, 4), (128, 128, 32, 8)],
     "fwd_d_hidden": [(64, 128, 64, 8), (64, 256, 64, 8), (64, 256, 32, 8), (32, 256, 64, 4), (128, 128, 64, 8),
-                     (64, 128, 32, 4), (32, 128, 32, 4), (32, 64, 32, 4), (16, 128, 32, 4), (32, 256, 32, 4)],
+                     (64, 128, 32, 4), (32, 128, 32, 4), (32, 64, 32, 4), (16, 128, 32, 4), (32, 256, 32, 4),
+                     (64, 128, 32, 8), (32, 128, 32, 8), (64, 64, 32, 8), (32, 256, 32, 8), (64, 128, 16, 8)],
     "d_weight": [(128, 64, 64, 8), (128, 64, 32, 8), (256, 64, 32, 8), (256, 64, 64, 8), (128, 32, 32, 4),
-                 (64, 32, 32, 4), (128, 32, 64, 4), (64, 64, 32, 4), (256, 32, 32, 4)],
+                 (64, 32, 32, 4), (128, 32, 64, 4), (64, 64, 32, 4), (256, 32, 32, 4), (128, 64, 16, 8),
+                 (256, 32, 32, 8), (128, 32, 32, 8), (256, 64, 16, 8)],
 }
 PEAK_TFLOPS = {"bfloat16": 989.0, "float16": 989.0, "float32": 67.0}
 HBM_TBPS = {"h100": 3.35, "h200": 4.8}
@@ -77,7 +79,7 @@ def row(resources, kernel: str, tiles: Tiles, default: bool) -> dict:
 def candidates(kernel: str, dtype: str, sweep: bool) -> list[tuple[Tiles, bool]]:
     import torch
 
-    default = LAUNCH_TABLE[kernel][getattr(torch, dtype)]
+    default = LAUNCH_TABLE[True][kernel][getattr(torch, dtype)]  # REFERENCE's strides are multiples of 16
     found = [(default, True)]
     if sweep:
         found += [(tiles, False) for tiles in (Tiles(*c) for c in SWEEP[kernel]) if tiles != default]
@@ -117,6 +119,8 @@ def main(argv=None):
     bad = [r for r in rows if r["default"] and (r["stack_B"] or not r["shared_ok"])]
     print(f"defaults that spill or exceed shared memory: {len(bad)}" + "".join(
         f"\n  {r['kernel']} {r['target']} {r['dtype']} {r['config']}: stack {r['stack_B']} B" for r in bad))
+    if bad:
+        raise SystemExit(f"compile: {len(bad)} default launch configurations spill or exceed shared memory")
     return path
 
 

@@ -52,9 +52,9 @@ def test_the_whole_launch_table_was_compiled(compiled):
     """Every (kernel, dtype) entry of the table reached the compiler on every target, for every kernel."""
     kernels = KERNELS
     got = {(r.kernel, r.target, r.dtype, r.config) for r in compiled}
-    missing = [(kernels[k], target, str(dtype).removeprefix("torch."), str(tiles))
-               for k, by_dtype in LAUNCH_TABLE.items() for dtype, tiles in by_dtype.items() for target in TARGETS
-               if (kernels[k], target, str(dtype).removeprefix("torch."), str(tiles)) not in got]
+    entries = [(kernels[k], target, str(dtype).removeprefix("torch."), str(tiles)) for table in LAUNCH_TABLE.values()
+               for k, by_dtype in table.items() for dtype, tiles in by_dtype.items() for target in TARGETS]
+    missing = [entry for entry in entries if entry not in got]
     assert not missing, missing
     assert {r.kernel for r in compiled} == set(kernels.values())
 
@@ -70,4 +70,6 @@ def test_every_sweep_candidate_compiles():
 
 
 def test_the_table_has_every_dtype():
-    assert all(set(by_dtype) == {torch.bfloat16, torch.float16, torch.float32} for by_dtype in LAUNCH_TABLE.values())
+    for table in LAUNCH_TABLE.values():
+        assert set(table) == set(KERNELS)
+        assert all(set(by_dtype) == {torch.bfloat16, torch.float16, torch.float32} for by_dtype in table.values())

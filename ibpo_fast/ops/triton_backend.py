@@ -68,17 +68,30 @@ class Tiles:
         return f"R{self.block_rows} V{self.block_vocab} H{self.block_hidden} w{self.num_warps} s{self.num_stages}"
 
 
-# kernel -> input dtype -> Tiles: what ``TritonBackend()`` launches. Chosen with `python -m benchmarks compile
-# --sweep` (ptxas resources of each candidate for sm_80 and sm_90): per kernel the largest tile of the reduced
-# dimension (it sets how often the f32 gradient rows make a round trip through global memory) that compiles with
-# no spills on both targets. See benchmarks/README.md for the table and the static traffic per row.
-LAUNCH_TABLE = {
-    "forward": {torch.bfloat16: Tiles(64, 128, 64, 8), torch.float16: Tiles(64, 128, 64, 8),
-                torch.float32: Tiles(64, 128, 64, 8)},
-    "fwd_d_hidden": {torch.bfloat16: Tiles(64, 128, 64, 8), torch.float16: Tiles(64, 128, 64, 8),
-                     torch.float32: Tiles(64, 128, 64, 8)},
-    "d_weight": {torch.bfloat16: Tiles(128, 64, 64, 8), torch.float16: Tiles(128, 64, 64, 8),
-                 torch.float32: Tiles(128, 64, 64, 8)},
+# kernel -> input dtype -> Tiles: what ``TritonBackend()`` launches, chosen with `python -m benchmarks compile
+# --sweep` (ptxas resources of each candidate for sm_80 and sm_90, and the static traffic per row): per kernel
+# the largest tile of the reduced dimension (how often the f32 gradient rows make a round trip through global
+# memory: vocabulary tiles for d_hidden, row tiles for d_weight) and of the operand-sharing dimension that
+# compiles with no spills on both targets. At H = 4096, V = 128256, bf16: forward 16 MB per row (was 25),
+# fwd_d_hidden 53 (the former d_hidden kernel 74, plus 25 for its separate forward), d_weight 53 (was 98).
+# f32 ("ieee" dots on CUDA cores) needs far more registers: smaller hidden slices keep it spill-free.
+# f32 ("ieee" dots on CUDA cores) needs far more registers: smaller hidden slices keep it spill-free. Row strides
+# that are not multiples of 16 elements (an odd H) lose the JIT's alignment hints, and with them vectorised
+# loads: more registers again, so those shapes get smaller tiles (measured at H = 577).
+def _table(half: dict, f32: dict) -> dict:
+    return {kernel: {torch.bfloat16: half[kernel], torch.float16: half[kernel], torch.float32: f32[kernel]}
+            for kernel in KERNELS}
+
+
+LAUNCH_TABLE = {  # strides aligned to 16 elements -> kernel -> input dtype -> Tiles
+    True: _table(half={"forward": Tiles(128, 128, 32, 8), "fwd_d_hidden": Tiles(64, 256, 32, 8),
+                       "d_weight": Tiles(256, 64, 32, 8)},
+                 f32={"forward": Tiles(64, 128, 64, 8), "fwd_d_hidden": Tiles(64, 128, 16, 8),
+                      "d_weight": Tiles(128, 64, 16, 8)}),
+    False: _table(half={"forward": Tiles(128, 128, 32, 8), "fwd_d_hidden": Tiles(64, 128, 32, 8),
+                        "d_weight": Tiles(128, 64, 32, 8)},
+                  f32={"forward": Tiles(64, 128, 16, 8), "fwd_d_hidden": Tiles(32, 128, 16, 8),
+                       "d_weight": Tiles(64, 64, 16, 8)}),
 }
 
 
@@ -108,9 +121,12 @@ class TritonBackend:
         _require_device(hidden, K.INTERPRETED if interpreting is None else interpreting)
         return cls()
 
-    def tiles_for(self, kernel: str, dtype: torch.dtype) -> Tiles:
-        """The configuration ``kernel`` (one of ``KERNELS``) is launched with for inputs of ``dtype``."""
-        return self.tiles or LAUNCH_TABLE[kernel][dtype]
+    def tiles_for(self, kernel: str, hidden: torch.Tensor, weight: torch.Tensor) -> Tiles:
+        """The configuration ``kernel`` (a key of ``KERNELS``) is launched with for these inputs."""
+        if self.tiles is not None:
+            return self.tiles
+        aligned = all(stride % 16 == 0 for stride in (*hidden.stride(), *weight.stride()) if stride != 1)
+        return LAUNCH_TABLE[aligned][kernel][hidden.dtype]
 
     # -- launch helpers -------------------------------------------------------------------------------------
     def _meta(self, tiles: Tiles) -> dict:
@@ -141,7 +157,7 @@ class TritonBackend:
         (R, H), V = hidden.shape, weight.shape[0]
         if R == 0:
             return hidden.new_zeros(0, dtype=torch.float32), hidden.new_zeros(0, dtype=torch.float32)
-        tiles = self.tiles_for("forward", hidden.dtype)
+        tiles = self.tiles_for("forward", hidden, weight)
         per_program = triton.cdiv(self.vocab_per_program, tiles.block_vocab) * tiles.block_vocab
         num_splits = triton.cdiv(V, per_program)
         part_max, part_sum, part_target = torch.empty((3, num_splits, R), dtype=torch.float32, device=hidden.device)
@@ -173,10 +189,10 @@ class TritonBackend:
         # inv_temp folded into the row scale: d logp / d (hidden @ weight.T) = inv_temp * (onehot - softmax)
         row_scale = (coef.to(torch.float32) * inv_temp).contiguous()
         head, sizes = self._head_args(hidden, weight, targets), (R, V, H, float(inv_temp))
-        tiles = self.tiles_for("fwd_d_hidden", hidden.dtype)
+        tiles = self.tiles_for("fwd_d_hidden", hidden, weight)
         self._launch(K._fwd_d_hidden_kernel, (triton.cdiv(R, tiles.block_rows),),
                      d_hidden, *d_hidden.stride(), lse, logp, *head, row_scale, *sizes, **self._meta(tiles))
-        tiles = self.tiles_for("d_weight", hidden.dtype)
+        tiles = self.tiles_for("d_weight", hidden, weight)
         self._launch(K._d_weight_kernel, (triton.cdiv(V, tiles.block_vocab),),
                      d_weight, *d_weight.stride(), *head, lse, row_scale, *sizes, **self._meta(tiles))
         return logp, d_hidden, d_weight
