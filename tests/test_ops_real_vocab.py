@@ -46,10 +46,18 @@ def max_errors(got, want) -> dict:
     return {what: float((a.detach().double() - b.double()).abs().max()) for what, a, b in zip(names, got, want)}
 
 
-def assert_within(errors: dict, reference: dict, what: str) -> None:
-    worst = {k: errors[k] / max(reference[k], 1e-30) for k in errors}
-    bad = {k: f"{errors[k]:.3g} vs {reference[k]:.3g} ({worst[k]:.2f}x)" for k in errors if worst[k] > FACTOR}
+def assert_within(errors: dict, reference: dict, what: str, value_floor: float = 0.0) -> None:
+    """errors <= FACTOR * reference for every key; the value may also err by ``value_floor``."""
+    allowed = {k: FACTOR * reference[k] + (value_floor if k == "value" else 0.0) for k in errors}
+    bad = {k: f"{errors[k]:.3g} vs {reference[k]:.3g} ({errors[k] / max(reference[k], 1e-30):.2f}x)"
+           for k in errors if errors[k] > allowed[k]}
     assert not bad, f"{what}: more than {FACTOR}x the reference's absolute error: {bad}"
+
+
+def sum_floor(op: str, want) -> float:
+    """A sequence log-prob is an f32 sum of its tokens' (tested one by one in "token"): its last bits are the f32
+    rounding of that sum, the same size for every backend and luck which one lands closer. 4 ulp of the largest."""
+    return 0.0 if op == "token" else 4 * torch.finfo(torch.float32).eps * float(want[0].abs().max())
 
 
 def run(op: str, case: Case, backend):
@@ -81,9 +89,11 @@ def test_within_2x_of_the_torch_backend(real_case, name, op):
     if name not in found:
         pytest.skip(f"{name}: ibpo_fast._native not built")
     if name == "torch":  # the reference itself against the plain f32 formula with materialised logits
-        assert_within(reference[op], max_errors(run(op, case, _PlainF32()), want[op]), f"torch {op} vs plain f32")
+        assert_within(reference[op], max_errors(run(op, case, _PlainF32()), want[op]), f"torch {op} vs plain f32",
+                      sum_floor(op, want[op]))
     else:
-        assert_within(max_errors(run(op, case, found[name]), want[op]), reference[op], f"{name} {op}")
+        assert_within(max_errors(run(op, case, found[name]), want[op]), reference[op], f"{name} {op}",
+                      sum_floor(op, want[op]))
 
 
 def test_triton_rows_within_2x():
@@ -162,4 +172,5 @@ def test_smollm2_hidden_states():
         found = backends()
         reference = max_errors(run(op, case, found["torch"]), want)
         for name, backend in found.items():
-            assert_within(max_errors(run(op, case, backend), want), reference, f"smollm2 {name} {op}")
+            assert_within(max_errors(run(op, case, backend), want), reference, f"smollm2 {name} {op}",
+                          sum_floor(op, want))
