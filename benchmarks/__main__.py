@@ -3,6 +3,7 @@
     python -m benchmarks <suite> [--out DIR] [--device cpu|cuda] [--quick] [suite options ...]
     python -m benchmarks all --out bench_out --quick          # every suite in turn
     python -m benchmarks compile --out bench_out               # the Triton kernels' ptxas resources, no GPU
+    python -m benchmarks accuracy --out bench_out              # log-prob / gradient error at real vocabularies
 
 Each suite writes ``DIR/<suite>.json`` (environment, exact command, rows), ``DIR/<suite>.md`` (the printed
 table) and PNG plots; ``python -m benchmarks <suite> --help`` lists its own options. `grouper` and `ilp` are
@@ -15,7 +16,7 @@ import importlib
 import sys
 
 SUITES = {"kernels": "benchmarks.kernels", "train": "benchmarks.train", "grouper": "benchmarks.grouper",
-          "ilp": "benchmarks.ilp", "compile": "benchmarks.compile"}
+          "ilp": "benchmarks.ilp", "compile": "benchmarks.compile", "accuracy": "benchmarks.accuracy"}
 CPU_ONLY_QUICK = {"grouper": ["--sizes", "1000", "--repeats", "1"], "ilp": ["--sizes", "1024", "--repeats", "1"]}
 
 

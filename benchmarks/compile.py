@@ -7,7 +7,7 @@ per kernel x target x dtype x launch config, and a static cost model of each ker
 Compiles go through ``ibpo_fast.ops.triton_compile`` (the backend's own launches, recorded on meta tensors,
 specialised as the JIT would; ptxas and cuobjdump from the triton wheel). Columns: `registers` per thread,
 `stack_B` (spill space), `shared_KiB` per block (limit: 227 KiB sm_90, 163 KiB sm_80), `default` = the
-backend's launch table picks this config. Static model at R = 8192, H = 4096, V = 128256 (the kernels' loop
+backend's launch table picks this config, `compile_s` (~0 when Triton's disk cache already had it). Static model at R = 8192, H = 4096, V = 128256 (the kernels' loop
 structure, counted per row, every row selected): `gflop_row`; `mb_row` = global-memory bytes the kernel issues
 per row (operand tiles each time a tile is loaded, f32 gradient rows each time they are read and written back;
 no cache reuse assumed); `flop_per_byte`; `est_us_row_*` = a roofline **estimate**, not a measurement:
@@ -76,6 +76,20 @@ def row(resources, kernel: str, tiles: Tiles, default: bool) -> dict:
     return out
 
 
+def print_op_totals(rows) -> None:
+    """The static model summed over the kernels each row op launches (defaults): what one row costs."""
+    ops = {"forward": ["forward"], "forward_backward / backward": ["fwd_d_hidden", "d_weight"]}
+    print("static totals per row at the defaults (an estimate: issued bytes, no cache reuse; R=8192 H=4096 V=128256):")
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        for op, kernels in ops.items():
+            sel = [r for r in rows if r["default"] and r["dtype"] == dtype and r["target"] == rows[0]["target"]
+                   and r["kernel"] in {KERNELS[k] for k in kernels}]
+            if len(sel) == len(kernels):
+                total = {c: sum(r[c] for r in sel) for c in ("gflop_row", "mb_row", "est_us_row_h100", "est_us_row_h200")}
+                print(f"  {dtype:8s} {op:27s} {total['gflop_row']:.2f} GFLOP, {total['mb_row']:.1f} MB, "
+                      f"est. {total['est_us_row_h100']:.1f} us H100 / {total['est_us_row_h200']:.1f} us H200 per row")
+
+
 def candidates(kernel: str, dtype: str, sweep: bool) -> list[tuple[Tiles, bool]]:
     import torch
 
@@ -116,6 +130,7 @@ def main(argv=None):
         for (kernel, tiles, default), request in zip(labels, requests):
             rows.append(row(by_config[(request.kernel, request.shape.dtype, str(tiles))], kernel, tiles, default))
     path = write_results(args.out, "compile", rows, columns=COLUMNS)
+    print_op_totals(rows)
     bad = [r for r in rows if r["default"] and (r["stack_B"] or not r["shared_ok"])]
     print(f"defaults that spill or exceed shared memory: {len(bad)}" + "".join(
         f"\n  {r['kernel']} {r['target']} {r['dtype']} {r['config']}: stack {r['stack_B']} B" for r in bad))
