@@ -36,10 +36,9 @@ def max_error(got, want) -> float:
 def backend_rows(label: str, case) -> list[dict]:
     from ibpo_fast import ops
     from ibpo_fast.ops import TorchBackend
-    from ops_cases import oracle, run_op
-    from test_ops_real_vocab import _PlainF32
+    from ops_cases import PlainF32Backend, oracle, run_op
 
-    backends = {"plain f32": _PlainF32(), "torch": TorchBackend()}
+    backends = {"plain f32": PlainF32Backend(), "torch": TorchBackend()}
     if ops.native_available():
         from ibpo_fast.ops.native import NativeBackend
 

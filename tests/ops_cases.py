@@ -95,6 +95,28 @@ def _probe(value: torch.Tensor) -> torch.Tensor:
     return torch.randn(value.shape, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
 
 
+class PlainF32Backend:
+    """A backend object whose row ops are autograd through `naive_token_logprobs` in f32, the [R, V] logits
+    materialised: "the plain f32 formula" the torch backend is held to."""
+
+    name = "plain-f32"
+
+    def forward(self, hidden, weight, targets, inv_temp):
+        logits = hidden.float() @ weight.float().T * inv_temp
+        lse = logits.logsumexp(dim=1)
+        return logits.gather(1, targets[:, None]).squeeze(1) - lse, lse
+
+    def backward(self, hidden, weight, targets, lse, grad_logp, inv_temp):
+        with torch.enable_grad():  # called from inside an autograd.Function's backward, where grad mode is off
+            h, w = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
+            logp = naive_token_logprobs(h, w, targets, temperature=1 / inv_temp, dtype=torch.float32)
+            return torch.autograd.grad((logp * grad_logp.float()).sum(), [h, w])
+
+    def forward_backward(self, hidden, weight, targets, coef, inv_temp):
+        logp, lse = self.forward(hidden, weight, targets, inv_temp)
+        return (logp, *self.backward(hidden, weight, targets, lse, coef, inv_temp))
+
+
 def sequence_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
     return torch.repeat_interleave(torch.arange(lengths.numel()), lengths)

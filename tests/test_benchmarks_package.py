@@ -32,3 +32,19 @@ def test_help_exits_zero():
     assert done.returncode == 0, done.stderr
     assert "usage: python -m benchmarks" in done.stdout and "compile" in done.stdout
     assert from_root("-m", "benchmarks", "nonsense").returncode != 0
+
+
+def test_compile_and_accuracy_suites_quick(tmp_path):
+    """The plumbing of the two kernel suites without a GPU: their JSON rows (values are tests/test_triton_compile.py's
+    and tests/test_ops_real_vocab.py's business)."""
+    sys.path.append(str(ROOT))  # after site-packages: the installed ibpo_fast still wins
+    from benchmarks.__main__ import main
+
+    main(["compile", "--quick", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "compile.json").read_text())["rows"]
+    assert {r["kernel"] for r in rows} == {"_logprob_fwd_kernel", "_fwd_d_hidden_kernel", "_d_weight_kernel"}
+    assert all(r["default"] and r["stack_B"] == 0 and r["gflop_row"] > 0 and r["mb_row"] > 0 for r in rows), rows
+    main(["accuracy", "--quick", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "accuracy.json").read_text())["rows"]
+    assert {"plain f32", "torch"} <= {r["backend"] for r in rows}
+    assert all(0 < r["token_logp"] < 1e-4 for r in rows), rows

@@ -21,7 +21,7 @@ import torch
 
 from ibpo_fast import ops
 from ibpo_fast.ops import TorchBackend, naive_token_logprobs
-from ops_cases import Case, oracle, packed_case, run_op
+from ops_cases import Case, PlainF32Backend, oracle, packed_case, run_op
 
 # (V, H): Llama-2 / Mistral, SmolLM2 (its H too), Llama-3 vocabularies
 SHAPES = [(32000, 64), (49152, 576), (128256, 256)]
@@ -89,7 +89,7 @@ def test_within_2x_of_the_torch_backend(real_case, name, op):
     if name not in found:
         pytest.skip(f"{name}: ibpo_fast._native not built")
     if name == "torch":  # the reference itself against the plain f32 formula with materialised logits
-        assert_within(reference[op], max_errors(run(op, case, _PlainF32()), want[op]), f"torch {op} vs plain f32",
+        assert_within(reference[op], max_errors(run(op, case, PlainF32Backend()), want[op]), f"torch {op} vs plain f32",
                       sum_floor(op, want[op]))
     else:
         assert_within(max_errors(run(op, case, found[name]), want[op]), reference[op], f"{name} {op}",
@@ -114,32 +114,6 @@ def test_triton_rows_within_2x():
         fused = backend.forward_backward(hidden, weight, targets, coef, 1 / 0.9)
         errors[name] = {"forward value": max_errors([logp], want)["value"], **max_errors(fused, want)}
     assert_within(errors["triton"], errors["torch"], "triton rows")
-
-
-def plain_f32(op: str, case: Case):
-    """`run_op` with the f32 formula on the materialised logits in place of a backend."""
-    return run_op(op, case, _PlainF32())
-
-
-class _PlainF32:
-    """A backend object whose row ops are autograd on `naive_token_logprobs` in f32 ([R, V] logits)."""
-
-    name = "plain-f32"
-
-    def forward(self, hidden, weight, targets, inv_temp):
-        logits = hidden.float() @ weight.float().T * inv_temp
-        lse = logits.logsumexp(dim=1)
-        return logits.gather(1, targets[:, None]).squeeze(1) - lse, lse
-
-    def backward(self, hidden, weight, targets, lse, grad_logp, inv_temp):
-        with torch.enable_grad():  # called from inside an autograd.Function's backward, where grad mode is off
-            h, w = hidden.detach().float().requires_grad_(), weight.detach().float().requires_grad_()
-            logp = naive_token_logprobs(h, w, targets, temperature=1 / inv_temp, dtype=torch.float32)
-            return torch.autograd.grad((logp * grad_logp.float()).sum(), [h, w])
-
-    def forward_backward(self, hidden, weight, targets, coef, inv_temp):
-        logp, lse = self.forward(hidden, weight, targets, inv_temp)
-        return (logp, *self.backward(hidden, weight, targets, lse, coef, inv_temp))
 
 
 def test_bf16_values_within_2x(real_case):
