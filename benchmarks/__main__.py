@@ -2,6 +2,8 @@
 
     python -m benchmarks <suite> [--out DIR] [--device cpu|cuda] [--quick] [suite options ...]
     python -m benchmarks all --out bench_out --quick          # every suite in turn
+    python -m benchmarks compile --out bench_out               # the Triton kernels' ptxas resources, no GPU
+    python -m benchmarks accuracy --out bench_out              # log-prob / gradient error at real vocabularies
 
 Each suite writes ``DIR/<suite>.json`` (environment, exact command, rows), ``DIR/<suite>.md`` (the printed
 table) and PNG plots; ``python -m benchmarks <suite> --help`` lists its own options. `grouper` and `ilp` are
@@ -14,7 +16,8 @@ import importlib
 import sys
 
 SUITES = {"kernels": "benchmarks.kernels", "train": "benchmarks.train", "grouper": "benchmarks.grouper",
-          "ilp": "benchmarks.ilp", "frontier": "benchmarks.frontier"}
+          "ilp": "benchmarks.ilp", "compile": "benchmarks.compile", "accuracy": "benchmarks.accuracy",
+          "frontier": "benchmarks.frontier"}
 CPU_ONLY_QUICK = {"grouper": ["--sizes", "1000", "--repeats", "1"], "ilp": ["--sizes", "1024", "--repeats", "1"]}
 
 
@@ -52,14 +55,18 @@ def run(suite: str, argv: list[str]):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    usage = (f"usage: python -m benchmarks {{{','.join(SUITES)},all}} [--out DIR] [--device cpu|cuda] [--quick] "
+             f"[suite options]\n\n{__doc__}")
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return None
     if not argv or argv[0] not in (*SUITES, "all"):
-        raise SystemExit(f"usage: python -m benchmarks {{{','.join(SUITES)},all}} [--out DIR] "
-                         f"[--device cpu|cuda] [--quick] [suite options]\n\n{__doc__}")
+        raise SystemExit(usage)
     suite, rest = argv[0], argv[1:]
     if suite != "all":
         return run(suite, rest)
     for name in SUITES:
-        if name in CPU_ONLY_QUICK and _device(rest) != "cpu":
+        if name in (*CPU_ONLY_QUICK, "frontier") and _device(rest) != "cpu":
             print(f"\n# {name}: skipped (a CPU suite)")
             continue
         print(f"\n# {name}", flush=True)

@@ -66,9 +66,24 @@ def peak_memory(fn, *, device: str = "cpu") -> int:
     return max(0, _status_kib("VmHWM") - before) * 1024
 
 
+def package_note() -> str:
+    """Which ibpo_fast the suites run and whether its native CPU kernels are built (see benchmarks/__init__.py)."""
+    import ibpo_fast
+    from ibpo_fast import ops
+
+    where = Path(ibpo_fast.__file__).parent
+    if ops.native_available():
+        return f"ibpo_fast from {where}; native backend: built"
+    from ibpo_fast.ops import native
+
+    return (f"NOTE: the native backend is ABSENT, its rows are skipped and 'auto' on CPU is the torch backend: "
+            f"{native.unavailable_reason()}")
+
+
 def environment() -> dict:
     """Machine, versions and the exact command, stored with every result file."""
     env = {
+        "ibpo_fast": package_note(),
         # orig_argv keeps "-m benchmarks ..." as typed (argv[0] would be the path of __main__.py)
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name,
                                                       *getattr(sys, "orig_argv", [None, *sys.argv])[1:]]),

@@ -1,12 +1,12 @@
 """Triton backend on a CUDA device at real sizes: values and gradients against the torch backend, and timings.
 
     PYTHONPATH=. python benchmarks/gpu_kernels_check.py                        # T=8192, H=4096, V=128256 bf16
-    PYTHONPATH=. python benchmarks/gpu_kernels_check.py --block-rows 128 --num-warps 4   # try other tiles
+    PYTHONPATH=. python benchmarks/gpu_kernels_check.py --tiles 128 64 64 8 2    # one config for every kernel
 
 Prints, per dtype, the max relative error (norm-wise: max |a - b| / max |b|) of the triton backend against the
 torch backend (the reference) on row slices, both against the float64 formula on a few rows, then the median
 time (CUDA events) of forward, backward and forward_backward for both backends with their TFLOP/s
-(2·H·V per row per matmul: 1 forward, 4 backward, 5 forward_backward for triton; the torch figure is the same
+(2·H·V per row per matmul: 1 forward, 4 backward, 4 forward_backward for triton; the torch figure is the same
 work for comparison). Import-safe without CUDA; exits with a message there.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.common import median_time, peak_memory
 from ibpo_fast.ops import TorchBackend, naive_token_logprobs
-from ibpo_fast.ops.triton_backend import TritonBackend
+from ibpo_fast.ops.triton_backend import Tiles, TritonBackend
 
 
 def rel(a, b) -> float:
@@ -72,13 +72,29 @@ def timings(backends, hidden, weight, targets, grad, inv_temp, repeats):
         calls = {
             "forward": (1, lambda: backend.forward(hidden, weight, targets, inv_temp)),
             "backward": (4, lambda: backend.backward(hidden, weight, targets, lse, grad, inv_temp)),
-            "forward_backward": (5, lambda: backend.forward_backward(hidden, weight, targets, grad, inv_temp)),
+            "forward_backward": (4, lambda: backend.forward_backward(hidden, weight, targets, grad, inv_temp)),
         }
         for op, (matmuls, fn) in calls.items():
             seconds = median_time(fn, repeats=repeats, warmup=1, device="cuda")
             print(f"  {name:7s} {op:17s} {seconds * 1e3:9.2f} ms {matmuls * flop / seconds / 1e12:7.1f} TFLOP/s")
         peak = peak_memory(calls["forward_backward"][1], device="cuda")
         print(f"  {name:7s} forward_backward peak memory above inputs {peak / 2**30:.2f} GiB")
+
+
+def jit_resources() -> None:
+    """Registers, spills and shared memory of every kernel the JIT compiled in this run, as the driver loaded
+    them: the measured twin of `python -m benchmarks compile` (which reads cubins compiled without a GPU)."""
+    from ibpo_fast.ops import triton_kernels
+
+    print("\n## kernels as compiled by the JIT here (registers / spills / shared bytes; compare compile.md)")
+    for name in ("_logprob_fwd_kernel", "_fwd_d_hidden_kernel", "_d_weight_kernel"):
+        for caches in getattr(triton_kernels, name).device_caches.values():
+            for compiled in caches[0].values():
+                compiled._init_handles()
+                names = compiled.src.fn.arg_names
+                meta = {names[k[0]]: v for k, v in compiled.src.constants.items() if names[k[0]].startswith("BLOCK")}
+                print(f"  {name:22s} regs {compiled.n_regs:3d} spills {compiled.n_spills:4d} shared "
+                      f"{compiled.metadata.shared:6d} warps {compiled.metadata.num_warps} {meta}")
 
 
 def main(argv=None):
@@ -88,15 +104,15 @@ def main(argv=None):
     parser.add_argument("--slice-rows", type=int, default=512)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--repeats", type=int, default=5)
-    for field in ("block_rows", "block_vocab", "block_hidden", "vocab_per_program", "num_warps", "num_stages"):
-        parser.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(TritonBackend(), field))
+    parser.add_argument("--tiles", type=int, nargs=5, metavar=("ROWS", "VOCAB", "HIDDEN", "WARPS", "STAGES"),
+                        help="one launch config for every kernel (default: the backend's launch table)")
+    parser.add_argument("--vocab-per-program", type=int, default=TritonBackend().vocab_per_program)
     parser.add_argument("--f32-precision", default="ieee")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gpu_kernels_check: no CUDA device here; run it on a GPU machine")
-    options = {k: getattr(args, k) for k in ("block_rows", "block_vocab", "block_hidden", "vocab_per_program",
-                                             "num_warps", "num_stages", "f32_precision")}
-    triton_backend = TritonBackend(**options)
+    triton_backend = TritonBackend(tiles=Tiles(*args.tiles) if args.tiles else None,
+                                   vocab_per_program=args.vocab_per_program, f32_precision=args.f32_precision)
     print(torch.cuda.get_device_name(), triton_backend)
     inv_temp = 1 / args.temperature
     T, H, V = map(int, args.f32_shape.split("x"))
@@ -104,6 +120,7 @@ def main(argv=None):
     T, H, V = map(int, args.shape.split("x"))
     inputs = check(triton_backend, T, H, V, torch.bfloat16, inv_temp, min(args.slice_rows, T // 2))
     timings({"triton": triton_backend, "torch": TorchBackend()}, *inputs, inv_temp, args.repeats)
+    jit_resources()
 
 
 if __name__ == "__main__":

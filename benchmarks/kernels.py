@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import median_time, peak_memory, plot_lines, plots_available, save_partial, write_results
+from benchmarks.common import (median_time, package_note, peak_memory, plot_lines, plots_available, save_partial,
+                               write_results)
 from ibpo_fast import ops
-from ibpo_fast.ops._backends import _native_available
 
 CPU_SHAPES = ["1024x128x32000", "512x256x64000"]  # ~4 min on 2 cores with both dtypes and the compiles
 CUDA_SHAPES = ["8192x4096x128256", "16384x4096x128256", "32768x4096x128256", "65536x4096x128256"]
@@ -88,7 +88,7 @@ _compiled_naive = torch.compile(naive_loss, dynamic=True)
 def default_backends(device: str) -> list[str]:
     if device.startswith("cuda"):
         return ["torch", "triton"]
-    return ["torch", "native"] if _native_available() else ["torch"]
+    return ["torch", "native"] if ops.native_available() else ["torch"]
 
 
 def losses(backends) -> dict:
@@ -240,7 +240,7 @@ def plot(out_dir, rows):
 
 def summarize(rows, device, backends):
     """The goals (DESIGN, issue 6) against the bf16 fwd+bwd rows of the fused op as "auto" picks it."""
-    auto = "triton" if device == "cuda" else ("native" if _native_available() else "torch")
+    auto = "triton" if device == "cuda" else ("native" if ops.native_available() else "torch")
     ours = f"wsl[{auto if auto in backends else backends[-1]}]"
     lines = [f"goals ({ours}, bf16 fwd+bwd; set on GPU, printed on any device):"]
     for T, H, V in sorted({(r["T"], r["H"], r["V"]) for r in rows if r["dtype"] == "bfloat16"}):
@@ -279,6 +279,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("kernels: --device cuda but no CUDA device here")
+    if args.device == "cpu":
+        print(package_note(), flush=True)
     args.backends = args.backends or default_backends(args.device)
     if args.repeats is None:
         args.repeats = 1 if args.quick else (5 if args.device == "cuda" else 3)

@@ -1,8 +1,8 @@
 """Native vs torch backend vs naive materialised logits: the whole `weighted_sequence_loss`, forward + backward,
 on the CPU, in one run (so all three share the machine's state).
 
-    PYTHONPATH=. python benchmarks/native_vs_torch.py                  # both shapes, ~10 min on 2 cores
-    PYTHONPATH=. python benchmarks/native_vs_torch.py --shapes 4096x512x32000 --repeats 3
+    python -m benchmarks.native_vs_torch                  # both shapes, ~8 min on 2 cores
+    python -m benchmarks.native_vs_torch --shapes 4096x512x32000 --repeats 3
 
 Writes bench_out/native_vs_torch.{json,md}. Besides the three methods it times the chunked loop with the tile
 work skipped ("matmul floor": the three matmuls per tile, what no elementwise kernel can remove) and the
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from benchmarks.common import median_time, peak_memory, write_results
+from benchmarks.common import median_time, package_note, peak_memory, write_results
 from ibpo_fast import ops
 from ibpo_fast.ops import TorchBackend, naive_token_logprobs
 from ibpo_fast.ops.native import NativeBackend, NativeChunkKernels
@@ -164,6 +164,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench_out")
     args = parser.parse_args(argv)
+    if not ops.native_available():
+        raise SystemExit(f"native_vs_torch: {package_note()}")
+    print(package_note(), flush=True)
     rows = []
     for shape in args.shapes:
         rows += bench_shape(*map(int, shape.split("x")), args.repeats)

@@ -16,13 +16,13 @@ void online_logsumexp(const Scalar* z, Tile tile, RowVector<const std::int64_t> 
   for (std::int64_t r = 0; r < tile.rows; ++r) {
     const Scalar* row = z + r * tile.ld;
     const float tile_max = row_max(row, tile.cols);
-    const float tile_sum = tile_max == -INFINITY ? 0.0f : row_sum_exp(row, tile.cols, tile_max);
+    const double tile_sum = tile_max == -INFINITY ? 0.0 : row_sum_exp(row, tile.cols, tile_max);
     const float old_max = running_max[r];
     const float new_max = std::fmax(old_max, tile_max);
     // exp(-inf - finite) = 0 handles the first tile; an all -inf tile leaves the state as it was
-    const float old_part = old_max == new_max ? running_sum[r] : running_sum[r] * std::exp(old_max - new_max);
-    const float new_part = tile_max == new_max ? tile_sum : tile_sum * std::exp(tile_max - new_max);
-    running_sum[r] = old_part + new_part;
+    const double old_part = old_max == new_max ? running_sum[r] : running_sum[r] * std::exp(double(old_max) - new_max);
+    const double new_part = tile_max == new_max ? tile_sum : tile_sum * std::exp(double(tile_max) - new_max);
+    running_sum[r] = float(old_part + new_part);
     running_max[r] = new_max;
     if (in_tile(targets[r], tile.cols)) target_logit[r] += to_f32(row[targets[r]]);
   }

@@ -28,31 +28,33 @@ void softmax_grad(Scalar* z, Tile tile, RowVector<const std::int64_t> targets, R
   }
 }
 
+// logit - (m + log(s)) in f64: the f32 rounding of the log-sum-exp alone (~1e-6 at |lse| ~ 20) would be the
+// largest error left once the sum is exact.
+static float logp_of(float target_logit, float m, double s) {
+  return float(double(target_logit) - (double(m) + std::log(s)));
+}
+
 // One row of logsumexp_and_grad -> logp. Stores e = exp(z - max) in place and rescales it: one exp per element.
 static float row_logsumexp_and_grad(float* row, std::int64_t cols, std::int64_t target, float scale) {
   const float m = row_max(row, cols);
   const float target_logit = row[target];
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (std::int64_t j = 0; j < cols; ++j) {
-    const float e = exp_f32(row[j] - m);
-    row[j] = e;
-    s += e;
-  }
-  const float c = -scale / s;
+  const double s = exp_in_place_and_sum(row, cols, m);
+  const float c = float(-scale / s);
 #pragma omp simd
   for (std::int64_t j = 0; j < cols; ++j) row[j] *= c;
   row[target] += scale;
-  return target_logit - (m + std::log(s));
+  return logp_of(target_logit, m, s);
 }
 
-// bf16 rows: a stored bf16 exponential would lose 8 bits, so the gradient pass recomputes exp in f32.
+// bf16 rows: a stored bf16 exponential would lose 8 bits, so the gradient pass recomputes exp(z - max) in f32
+// and scales it by -scale / s (exp(z - lse) with lse rounded to f32 would add that rounding to every element).
 static float row_logsumexp_and_grad(bf16* row, std::int64_t cols, std::int64_t target, float scale) {
   const float m = row_max(row, cols);
-  const float lse = m + std::log(row_sum_exp(row, cols, m));
-  const float logp = to_f32(row[target]) - lse;
+  const double s = row_sum_exp(row, cols, m);
+  const float logp = logp_of(to_f32(row[target]), m, s);
+  const float c = float(-scale / s);
 #pragma omp simd
-  for (std::int64_t j = 0; j < cols; ++j) store_f32(row[j], -scale * exp_f32(to_f32(row[j]) - lse));
+  for (std::int64_t j = 0; j < cols; ++j) store_f32(row[j], c * exp_f32(to_f32(row[j]) - m));
   store_f32(row[target], to_f32(row[target]) + scale);
   return logp;
 }
@@ -70,7 +72,7 @@ void logsumexp_and_grad(Scalar* z, Tile tile, RowVector<const std::int64_t> targ
     }
     if (row_scale[r] == 0.0f) {  // weight-0 sequence: the value is still reported, the gradient is zero
       const float m = row_max(row, tile.cols);
-      logp[r] = to_f32(row[targets[r]]) - (m + std::log(row_sum_exp(row, tile.cols, m)));
+      logp[r] = logp_of(to_f32(row[targets[r]]), m, row_sum_exp(row, tile.cols, m));
       std::memset(static_cast<void*>(row), 0, sizeof(Scalar) * tile.cols);
       continue;
     }

@@ -6,7 +6,7 @@ import torch
 
 from ibpo_fast import ops
 from ibpo_fast.ops import TorchBackend
-from ops_cases import assert_close, oracle, random_case
+from ops_cases import OPS, assert_close, oracle, random_case, run_op
 
 # (id, backend, seeds): the default plan, forced small tiles (several token and vocab tiles, tails), and
 # a two-pass plan for the weighted loss (vocab_chunk < V).
@@ -15,7 +15,7 @@ BACKENDS = [
     ("torch-small-tiles", TorchBackend(token_chunk=7, vocab_chunk=32), range(12)),
     ("torch-full-vocab", TorchBackend(token_chunk=5), range(6)),
 ]
-if ops._backends._native_available():
+if ops.native_available():
     from ibpo_fast.ops.native import NativeBackend
 
     BACKENDS += [("native", NativeBackend(), range(12)), ("native-small", NativeBackend(token_chunk=7, vocab_chunk=32), range(6))]
@@ -24,39 +24,13 @@ CASES = [(name, backend, seed) for name, backend, seeds in BACKENDS for seed in 
 IDS = [f"{name}-{seed}" for name, _, seed in CASES]
 
 
-def _grads(value, case):
-    inputs = [case.hidden, case.weight]
-    probe = torch.randn(value.shape, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
-    weighted = (value.double() * probe).sum() if value.dim() else value
-    return torch.autograd.grad(weighted, inputs)
-
-
-def _run(op, case, backend, normalize="tokens"):
-    case.hidden.requires_grad_(True)
-    case.weight.requires_grad_(True)
-    if op == "token":
-        value = ops.token_logprobs(case.hidden, case.weight, case.targets, temperature=case.temperature, backend=backend)
-    elif op == "sequence":
-        value = ops.sequence_logprobs(
-            case.hidden, case.weight, case.targets, case.cu_seqlens, case.loss_mask,
-            temperature=case.temperature, backend=backend,
-        )
-    else:
-        value = ops.weighted_sequence_loss(
-            case.hidden, case.weight, case.targets, case.cu_seqlens, case.seq_weights, case.loss_mask,
-            normalize=normalize, temperature=case.temperature, backend=backend,
-        )
-    assert value.dtype == torch.float32
-    return value, *_grads(value, case)
-
-
 @pytest.mark.parametrize("name,backend,seed", CASES, ids=IDS)
-@pytest.mark.parametrize("op", ["token", "sequence", "loss-tokens", "loss-sequences", "loss-none"])
+@pytest.mark.parametrize("op", OPS)
 def test_matches_float64_formula(name, backend, seed, op):
     case = random_case(seed)
-    op_name, _, normalize = op.partition("-")
-    got = _run(op_name, case, backend, normalize or "tokens")
-    want = oracle(case, op_name, normalize or "tokens")
+    got = run_op(op, case, backend)
+    want = oracle(case, op)
+    assert got[0].dtype == torch.float32
     for what, a, b in zip(("value", "d_hidden", "d_weight"), got, want):
         assert_close(a, b, 1e-5, f"{op} {what}")
 
@@ -65,7 +39,7 @@ def test_matches_float64_formula(name, backend, seed, op):
 @pytest.mark.parametrize("seed", range(3))
 def test_bfloat16_against_float64_on_same_values(name, backend, seed):
     case = random_case(seed, dtype=torch.bfloat16)
-    got = _run("loss", case, backend)
+    got = run_op("loss", case, backend)
     want = oracle(case, "loss")
     assert got[1].dtype == torch.bfloat16 and got[2].dtype == torch.bfloat16
     for what, a, b in zip(("value", "d_hidden", "d_weight"), got, want):
@@ -77,7 +51,7 @@ def test_bfloat16_against_float64_on_same_values(name, backend, seed):
 
 def test_float64_inputs_run_in_float64():
     case = random_case(3, dtype=torch.float64)
-    got = _run("sequence", case, "torch")
+    got = run_op("sequence", case, "torch")
     want = oracle(case, "sequence")
     for what, a, b in zip(("value", "d_hidden", "d_weight"), got, want):
         assert_close(a, b, 1e-6, what)  # the f32 output is the only rounding left

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ibpo_fast import ops
-from ibpo_fast.ops import _backends, native
+from ibpo_fast.ops import native
 from ibpo_fast.ops.native import NativeBackend, NativeChunkKernels
-from ops_cases import assert_close, oracle, random_case
+from ops_cases import OPS, assert_close, oracle, random_case, run_op
 
 needs_native = pytest.mark.skipif(not native.is_available(), reason="ibpo_fast._native not built: pip install .")
 
@@ -19,24 +19,6 @@ BACKENDS = {
     "small-tiles": lambda: NativeBackend(token_chunk=7, vocab_chunk=32),
     "full-vocab": lambda: NativeBackend(token_chunk=5),
 }
-OPS = ["token", "sequence", "loss-tokens", "loss-sequences", "loss-none"]
-
-
-def _run(op, case, backend):
-    hidden, weight = case.hidden.detach().requires_grad_(), case.weight.detach().requires_grad_()
-    op_name, _, normalize = op.partition("-")
-    if op_name == "token":
-        value = ops.token_logprobs(hidden, weight, case.targets, temperature=case.temperature, backend=backend)
-    elif op_name == "sequence":
-        value = ops.sequence_logprobs(hidden, weight, case.targets, case.cu_seqlens, case.loss_mask,
-                                      temperature=case.temperature, backend=backend)
-    else:
-        value = ops.weighted_sequence_loss(hidden, weight, case.targets, case.cu_seqlens, case.seq_weights,
-                                           case.loss_mask, normalize=normalize, temperature=case.temperature,
-                                           backend=backend)
-    probe = torch.randn(value.shape, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
-    weighted = (value.double() * probe).sum() if value.dim() else value
-    return (value, *torch.autograd.grad(weighted, [hidden, weight]))
 
 
 @needs_native
@@ -45,8 +27,8 @@ def _run(op, case, backend):
 @pytest.mark.parametrize("seed", range(6))
 def test_matches_float64_formula(plan, op, seed):
     case = random_case(seed)
-    got = _run(op, case, BACKENDS[plan]())
-    want = oracle(case, *op.split("-"))
+    got = run_op(op, case, BACKENDS[plan]())
+    want = oracle(case, op)
     assert got[0].dtype == torch.float32
     for what, a, b in zip(("value", "d_hidden", "d_weight"), got, want):
         assert_close(a, b, 1e-5, f"{plan} {op} {what}")
@@ -58,8 +40,8 @@ def test_matches_float64_formula(plan, op, seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_bfloat16_against_float64_on_same_values(plan, op, seed):
     case = random_case(seed, dtype=torch.bfloat16)
-    got = _run(op, case, BACKENDS[plan]())
-    want = oracle(case, *op.split("-"))
+    got = run_op(op, case, BACKENDS[plan]())
+    want = oracle(case, op)
     assert got[1].dtype == torch.bfloat16 and got[2].dtype == torch.bfloat16
     for what, a, b in zip(("value", "d_hidden", "d_weight"), got, want):
         assert_close(a, b, 2e-2, f"bf16 {plan} {op} {what}")
@@ -68,9 +50,9 @@ def test_bfloat16_against_float64_on_same_values(plan, op, seed):
 @needs_native
 def test_float64_tiles_fall_back_to_torch_kernels():
     case = random_case(4, dtype=torch.float64)
-    got = _run("loss-tokens", case, NativeBackend())
+    got = run_op("loss-tokens", case, NativeBackend())
     assert got[1].dtype == torch.float64
-    want = oracle(case, "loss", "tokens")
+    want = oracle(case, "loss-tokens")
     assert_close(got[0], want[0], 1e-6, "f64 value")  # the ops return f32 values, f64 gradients
     for what, a, b in zip(("d_hidden", "d_weight"), got[1:], want[1:]):
         assert_close(a, b, 1e-12, f"f64 {what}")
@@ -78,15 +60,16 @@ def test_float64_tiles_fall_back_to_torch_kernels():
 
 @needs_native
 def test_auto_picks_native_on_cpu():
-    assert _backends.resolve_backend("auto", torch.zeros(1, 1)).name == "native"
+    assert ops.resolve_backend("auto", torch.zeros(1, 1)).name == "native"
 
 
 def test_absent_extension_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(native, "_native", None)
-    assert not _backends._native_available()
-    assert _backends.resolve_backend("auto", torch.zeros(1, 1)).name == "torch"
+    assert not ops.native_available()
+    assert "ibpo_fast._native is not built" in native.unavailable_reason()
+    assert ops.resolve_backend("auto", torch.zeros(1, 1)).name == "torch"
     with pytest.raises(ValueError, match=r"backend: 'native' needs the compiled extension ibpo_fast._native.*pip install \."):
-        _backends.resolve_backend("native", torch.zeros(1, 1))
+        ops.resolve_backend("native", torch.zeros(1, 1))
 
 
 # --- the kernels alone, on tiles with the cases the orchestration never sends: -100 targets, targets outside

@@ -4,7 +4,8 @@
     loss = weighted_sequence_loss(hidden, lm_head.weight, targets, cu_seqlens, seq_weights, loss_mask)
 
 ``backend`` is "auto" (triton on CUDA, native on CPU when built, else torch), "torch", "triton", "native",
-or a backend object (e.g. ``TorchBackend(token_chunk=64)`` to choose chunk sizes).
+or a backend object (e.g. ``TorchBackend(token_chunk=64)`` to choose chunk sizes). ``native_available()``
+says whether the native CPU kernels are built here.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from . import _inputs
 from ._autograd import RowLogprobs, RowWeightedSum
-from ._backends import resolve_backend
+from ._backends import native_available, resolve_backend
 from .reference import TorchBackend, naive_token_logprobs
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "TorchBackend",
     "naive_token_logprobs",
     "resolve_backend",
+    "native_available",
 ]
 
 

@@ -18,7 +18,7 @@ def resolve_backend(backend, hidden):
         if hidden.is_cuda:  # the Triton kernels take f32/bf16/f16; f64 is the torch reference's job
             backend = "torch" if hidden.dtype == torch.float64 else "triton"
         else:
-            backend = "native" if _native_available() else "torch"
+            backend = "native" if native_available() else "torch"
     if backend == "torch":
         return TorchBackend()
     if backend == "triton":
@@ -30,9 +30,9 @@ def resolve_backend(backend, hidden):
     return NativeBackend()
 
 
-def _native_available() -> bool:
-    try:
-        from . import native
-    except ImportError:
-        return False
+def native_available() -> bool:
+    """Whether the compiled native CPU kernels (``ibpo_fast._native``) import here, i.e. whether ``"auto"`` picks
+    the native backend for CPU tensors; ``ibpo_fast.ops.native.unavailable_reason()`` says why not."""
+    from . import native
+
     return native.is_available()

@@ -10,6 +10,7 @@ f64 tiles (the high-precision reference path) run the torch kernels: the native 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,20 @@ else:
 
 def is_available() -> bool:
     return _native is not None
+
+
+def unavailable_reason() -> str | None:
+    """None when the extension is built, else one line: where the package was imported from and the import error.
+
+    The usual cause is a source checkout first on ``sys.path`` (running from the repository root) while the built
+    extension lives in the installed copy.
+    """
+    if _native is not None:
+        return None
+    from .. import __file__ as package_file
+
+    return (f"ibpo_fast._native is not built in the ibpo_fast imported from {Path(package_file).parent} "
+            f"({_IMPORT_ERROR}); pip install . builds it")
 
 
 class NativeChunkKernels:
@@ -74,5 +89,5 @@ class NativeBackend(TorchBackend):
             raise ValueError(
                 "backend: 'native' needs the compiled extension ibpo_fast._native, which is not built: "
                 "pip install . (or pip install --no-build-isolation -e .) builds it with CMake and a C++17 "
-                f"compiler with OpenMP; or use backend='torch' (import error: {_IMPORT_ERROR})"
+                f"compiler with OpenMP; or use backend='torch' ({unavailable_reason()})"
             )

@@ -2,8 +2,9 @@
 
 Shapes: hidden [R, H], weight [V, H], targets [R] in [0, V). Every kernel recomputes the scaled logits
 ``hidden @ weight.T * inv_temp`` tile by tile with ``_logits_tile`` (f32 accumulation) and keeps them in
-registers. The launchers, the plan (tile sizes) and the merge of the vocabulary splits are in
-``triton_backend.py``.
+registers: ``_logprob_fwd_kernel`` (log-probs, split over the vocabulary), ``_fwd_d_hidden_kernel``
+(log-probs and d_hidden in one pass), ``_d_weight_kernel``. The launchers, the launch table (tile sizes) and the
+merge of the vocabulary splits are in ``triton_backend.py``.
 
 Numerics: ``tl.dot`` runs in the input dtype (bf16/f16 tensor cores, f32 accumulation); for f32 inputs
 ``PRECISION`` ("ieee" by default) decides whether tensor cores (tf32) may be used. ``UPCAST`` is set only
@@ -18,11 +19,20 @@ from triton.runtime.interpreter import InterpretedFunction
 
 
 @triton.jit
-def _online_logsumexp(z, running_max, running_sum):
-    """Fold a logits tile z [BLOCK_R, BLOCK_V] (-inf on absent columns) into each row's running max and sum of exp."""
+def _online_logsumexp(z, is_target, running_max, other_sum, other_error):
+    """Fold a logits tile z [BLOCK_R, BLOCK_V] (-inf on absent columns) into each row's running max and its sum of
+    exp(z - max) over the non-target columns, Kahan-compensated: the tile sums (V / BLOCK_V of them, ~1000 at a
+    128k vocabulary) are added one after another, and with a plain f32 running sum the gradients at V = 32000
+    were up to 2.1x further from the f64 formula than the torch backend's (tests/test_ops_real_vocab.py), whose
+    sum is a cascade. -> (new max, the old state's rescale factor,
+    exp(z - new max) with 0 at the targets, sum, its compensation: the exact sum is ``sum - error``)."""
     new_max = tl.maximum(running_max, tl.max(z, axis=1))
-    running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
-    return new_max, running_sum
+    rescale = tl.exp(running_max - new_max)  # 0 on the first tile (running_max = -inf)
+    e = tl.where(is_target, 0.0, tl.exp(z - new_max[:, None]))
+    old = other_sum * rescale
+    term = tl.sum(e, axis=1) - other_error * rescale
+    new_sum = old + term
+    return new_max, rescale, e, new_sum, (new_sum - old) - term
 
 
 @triton.jit
@@ -81,7 +91,8 @@ def _logprob_fwd_kernel(
     row_mask = rows < R
     targets = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
     running_max = tl.full((BLOCK_R,), float("-inf"), dtype=tl.float32)
-    running_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    other_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    other_error = tl.zeros((BLOCK_R,), dtype=tl.float32)
     target_logit = tl.zeros((BLOCK_R,), dtype=tl.float32)
     v_start = split * VOCAB_PER_PROGRAM
     for v0 in range(v_start, tl.minimum(v_start + VOCAB_PER_PROGRAM, V), BLOCK_V):
@@ -90,8 +101,12 @@ def _logprob_fwd_kernel(
             hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
             BLOCK_R, BLOCK_V, BLOCK_H, UPCAST, PRECISION,
         )
-        running_max, running_sum = _online_logsumexp(z, running_max, running_sum)
-        target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], z, 0.0), axis=1)
+        is_target = cols[None, :] == targets[:, None]
+        running_max, _, _, other_sum, other_error = _online_logsumexp(
+            z, is_target, running_max, other_sum, other_error)
+        target_logit += tl.sum(tl.where(is_target, z, 0.0), axis=1)
+    in_split = (targets >= v_start) & (targets < v_start + VOCAB_PER_PROGRAM)
+    running_sum = (other_sum - other_error) + tl.where(in_split, tl.exp(target_logit - running_max), 0.0)
     out = split * R + rows
     tl.store(part_max_ptr + out, running_max, mask=row_mask)
     tl.store(part_sum_ptr + out, running_sum, mask=row_mask)
@@ -104,31 +119,42 @@ def _onehot_minus_softmax(z, lse, targets, cols):
     return tl.where(cols[None, :] == targets[:, None], 1.0, 0.0) - tl.exp(z - lse[:, None])
 
 
-# One program: d_hidden[r0 : r0 + BLOCK_R] = row_scale * (onehot - softmax) @ weight over the whole vocabulary,
-# logits recomputed tile by tile. The program owns its rows: plain read-add-write of f32 d_hidden, no atomics,
-# a fixed summation order. The row scale is applied once at the end, so the bf16/f16 dot operand is in [-1, 1].
-# A block whose rows all have scale 0 (sequences the weighted loss does not select) leaves its zeros untouched.
+# One program: rows [r0, r0 + BLOCK_R) over the whole vocabulary in one pass, both the online log-sum-exp (-> lse,
+# logp) and d_hidden = row_scale * (onehot - softmax) @ weight, flash-attention style: d_hidden's own f32 rows hold
+# A = sum_v exp(z_v - running max) * weight_v over the non-target columns, rescaled when the running max grows,
+# and the end writes row_scale / s * ((s - e_target) * weight_target - A). Keeping the target's term apart, in f32,
+# means no bf16-rounded p_target is ever subtracted from 1 (a likely target, p -> 1, would lose every digit of
+# 1 - p). The program owns its rows: plain read-rescale-add-write per vocabulary tile, no atomics, a fixed order.
+# A block whose rows all have scale 0 (sequences the weighted loss does not select) only computes its log-probs.
 @triton.jit
-def _d_hidden_kernel(
-    d_hidden_ptr, stride_dr, stride_dh,
-    hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, targets_ptr, lse_ptr, row_scale_ptr,
+def _fwd_d_hidden_kernel(
+    d_hidden_ptr, stride_dr, stride_dh, lse_ptr, logp_ptr,
+    hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, targets_ptr, row_scale_ptr,
     R, V, H, inv_temp,
     BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < R
+    targets = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
     row_scale = tl.load(row_scale_ptr + rows, mask=row_mask, other=0.0)
-    if tl.max(tl.abs(row_scale), axis=0) > 0:
-        targets = tl.load(targets_ptr + rows, mask=row_mask, other=-1)
-        lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-        for v0 in range(0, V, BLOCK_V):
-            cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
-            z = _logits_tile(
-                hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
-                BLOCK_R, BLOCK_V, BLOCK_H, UPCAST, PRECISION,
-            )
-            g = _grad_operand(_onehot_minus_softmax(z, lse, targets, cols), weight_ptr.dtype.element_ty, UPCAST)
+    has_grad = tl.max(tl.abs(row_scale), axis=0) > 0
+    running_max = tl.full((BLOCK_R,), float("-inf"), dtype=tl.float32)
+    other_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)  # sum of exp(z - running_max) over non-target columns
+    other_error = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    target_logit = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V).to(tl.int64)
+        z = _logits_tile(
+            hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
+            BLOCK_R, BLOCK_V, BLOCK_H, UPCAST, PRECISION,
+        )
+        is_target = cols[None, :] == targets[:, None]
+        target_logit += tl.sum(tl.where(is_target, z, 0.0), axis=1)
+        running_max, rescale, e, other_sum, other_error = _online_logsumexp(  # e in [0, 1]
+            z, is_target, running_max, other_sum, other_error)
+        if has_grad:
+            e_op = _grad_operand(e, weight_ptr.dtype.element_ty, UPCAST)
             for k0 in range(0, H, BLOCK_H):
                 ks = k0 + tl.arange(0, BLOCK_H)
                 w = _load_tile(
@@ -137,20 +163,35 @@ def _d_hidden_kernel(
                 )
                 d_ptrs = d_hidden_ptr + rows[:, None] * stride_dr + ks[None, :] * stride_dh
                 d_mask = row_mask[:, None] & (ks[None, :] < H)
-                acc = tl.load(d_ptrs, mask=d_mask, other=0.0)
-                tl.store(d_ptrs, tl.dot(g, w, acc, input_precision=PRECISION), mask=d_mask)
-            tl.debug_barrier()  # see _d_weight_kernel: the next vocabulary tile reads these stores back
+                acc = tl.load(d_ptrs, mask=d_mask, other=0.0) * rescale[:, None]
+                tl.store(d_ptrs, tl.dot(e_op, w, acc, input_precision=PRECISION), mask=d_mask)
+            # Triton orders a store and a later load of the same address only within one thread, and the
+            # compiler may give them different thread layouts (triton-lang/triton#1615, #10924): a CTA barrier
+            # makes this tile's stores visible before the next tile reads them back.
+            tl.debug_barrier()
+    other_sum -= other_error
+    total = other_sum + tl.exp(target_logit - running_max)
+    lse = running_max + tl.log(total)
+    tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(logp_ptr + rows, target_logit - lse, mask=row_mask)
+    if has_grad:
+        target_coef = row_scale * (other_sum / total)  # row_scale * (1 - p_target), without cancellation
+        other_coef = -row_scale / total
         for k0 in range(0, H, BLOCK_H):
             ks = k0 + tl.arange(0, BLOCK_H)
             d_ptrs = d_hidden_ptr + rows[:, None] * stride_dr + ks[None, :] * stride_dh
             d_mask = row_mask[:, None] & (ks[None, :] < H)
-            tl.store(d_ptrs, tl.load(d_ptrs, mask=d_mask, other=0.0) * row_scale[:, None], mask=d_mask)
+            w_target = tl.load(weight_ptr + targets[:, None] * stride_wv + ks[None, :] * stride_wh, mask=d_mask,
+                               other=0.0).to(tl.float32)
+            acc = tl.load(d_ptrs, mask=d_mask, other=0.0)
+            tl.store(d_ptrs, acc * other_coef[:, None] + w_target * target_coef[:, None], mask=d_mask)
 
 
 # One program: d_weight[v0 : v0 + BLOCK_V] = G^T @ hidden over all R rows, G = row_scale * (onehot - softmax)
-# recomputed tile by tile. The program owns its vocabulary rows: no atomics, a fixed summation order. Each
-# row block's G is divided by its largest |row_scale| before the cast to the dot dtype (no f16 underflow when
-# the weighted loss's coefficients are tiny) and the dot result multiplied back; blocks of scale 0 are skipped.
+# recomputed tile by tile. The program owns its vocabulary rows: no atomics, a fixed summation order; blocks of
+# scale 0 are skipped. For f16 inputs each row block's G is divided by its largest |row_scale| before the cast to
+# the dot dtype (no f16 underflow when the weighted loss's coefficients are tiny) and the dot result multiplied
+# back; bf16 and f32 have f32's range and take row_scale in G directly, one rounding fewer.
 @triton.jit
 def _d_weight_kernel(
     d_weight_ptr, stride_dv, stride_dh,
@@ -173,7 +214,12 @@ def _d_weight_kernel(
                 hidden_ptr, stride_hr, stride_hh, weight_ptr, stride_wv, stride_wh, rows, cols, R, V, H, inv_temp,
                 BLOCK_R, BLOCK_V, BLOCK_H, UPCAST, PRECISION,
             )
-            g = _onehot_minus_softmax(z, lse, targets, cols) * (row_scale / block_scale)[:, None]
+            is_f16 = weight_ptr.dtype.element_ty == tl.float16
+            g = _onehot_minus_softmax(z, lse, targets, cols)
+            if is_f16:
+                g = g * (row_scale / block_scale)[:, None]
+            else:
+                g = g * row_scale[:, None]
             g_t = tl.trans(_grad_operand(g, weight_ptr.dtype.element_ty, UPCAST))
             for k0 in range(0, H, BLOCK_H):
                 ks = k0 + tl.arange(0, BLOCK_H)
@@ -184,8 +230,11 @@ def _d_weight_kernel(
                 d_ptrs = d_weight_ptr + cols[:, None] * stride_dv + ks[None, :] * stride_dh
                 d_mask = col_mask[:, None] & (ks[None, :] < H)
                 acc = tl.load(d_ptrs, mask=d_mask, other=0.0)
-                update = tl.dot(g_t, h, input_precision=PRECISION) * block_scale
-                tl.store(d_ptrs, acc + update, mask=d_mask)
+                if is_f16:
+                    acc += tl.dot(g_t, h, input_precision=PRECISION) * block_scale
+                else:
+                    acc = tl.dot(g_t, h, acc, input_precision=PRECISION)
+                tl.store(d_ptrs, acc, mask=d_mask)
             # Triton orders a store and a later load of the same address only within one thread, and the
             # compiler may give them different thread layouts (triton-lang/triton#1615, #10924): a CTA barrier
             # makes this block's stores visible before the next row block reads the tile back.
