@@ -1,7 +1,7 @@
 """FSDP2 under torchrun: 2 gloo processes on the CPU take the same steps as one process.
 
 The warm-up steps check the sharded update (global normaliser, gradient averaging, optimizer); the IBPO
-steps check sharded sampling (`generate_prompts=1` seeds every prompt alike), the all-gathered global
+steps check sharded sampling (each prompt seeded by its global index), the all-gathered global
 ILP and the sampler replica. Losses match to float rounding (gradients are reduced in another order).
 """
 import json
@@ -15,7 +15,7 @@ from conftest import subprocess_env
 from ibpo_fast.train import TrainConfig, train
 
 SETTINGS = dict(model="tiny", warmup_steps=2, warmup_batch=4, steps=2, prompts_per_step=2, samples_per_prompt=2,
-                max_new_tokens=16, generate_prompts=1, progress=False, tensorboard=False)
+                max_new_tokens=16, progress=False, tensorboard=False)
 
 
 def _lines(path):

@@ -62,7 +62,7 @@ def build(cfg: TrainConfig) -> Run:
     policy = distributed.parallelize(policy, world)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = HFSampler(replica.model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        batch_size=cfg.generate_batch, progress=False)
+                        kv_cache_gib=cfg.generate_kv_gib, engine=cfg.generate_engine, progress=False)
     buffer = budget.SampleBuffer(cfg.accumulate_steps)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,8 @@ def evaluate(ecfg: EvalConfig) -> dict:
     model, tokenizer, cfg = load_trained(ecfg.checkpoint, world.device)
     task = make_task(cfg.task, cfg.levels)
     sampler = HFSampler(model, tokenizer, max_new_tokens=ecfg.max_new_tokens or cfg.max_new_tokens,
-                        temperature=ecfg.temperature, batch_size=cfg.generate_batch, progress=True)
+                        temperature=ecfg.temperature, kv_cache_gib=cfg.generate_kv_gib,
+                        engine=cfg.generate_engine, progress=True)
     problems = test_problems(task, cfg, ecfg)
     prompts = encode_prompts(tokenizer, [prompt_text(p, ecfg.prompt_format, verbose=cfg.verbose_prompts) for p in problems])
     rollouts = sampler.generate(prompts, ecfg.samples_per_problem, seed=ecfg.seed)

@@ -14,7 +14,7 @@ Documented behaviour on odd batches:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -51,16 +51,12 @@ def shard(items: list, world: World) -> tuple[list, int]:
 
 
 def generate(sampler, tokenizer, problems, first, cfg, step: int) -> list:
-    """n rollouts per problem with the ASV prompt (the policy chooses regular or voting), sampled in
-    calls of `generate_prompts` prompts, each seeded by (seed, step, its first global prompt)."""
+    """n rollouts per problem with the ASV prompt (the policy chooses regular or voting), one sampling
+    call; each prompt is seeded by (seed, step, its global index), so a sample is the same whatever the
+    number of ranks (the sampler's draws do not depend on batching)."""
     prompt_ids = encode_prompts(tokenizer, [prompt_text(p, "asv", verbose=cfg.verbose_prompts) for p in problems])
-    chunk = cfg.generate_prompts or len(problems)
-    rollouts = []
-    for start in range(0, len(problems), chunk):
-        seed = derive_seed(cfg.seed, "sample", step, first + start)
-        for r in sampler.generate(prompt_ids[start:start + chunk], cfg.samples_per_prompt, seed=seed):
-            rollouts.append(replace(r, prompt_index=r.prompt_index + start))
-    return rollouts
+    seeds = [derive_seed(cfg.seed, "sample", step, first + i) for i in range(len(problems))]
+    return sampler.generate(prompt_ids, cfg.samples_per_prompt, seed=seeds)
 
 
 def grade(task, problems, rollouts, first: int) -> Samples:
