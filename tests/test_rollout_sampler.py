@@ -198,3 +198,15 @@ def test_uniforms_are_uniform_and_independent():
         chi2 = ((counts - expected) ** 2 / expected).sum()
         assert chi2 < 255 + 5 * np.sqrt(2 * 255)
     assert np.array_equal(uniforms(keys[:3], 5), uniforms(keys[:3], np.full(3, 5, np.uint64)))
+
+
+def test_decode_under_eager_attention(setup):
+    """The loop's 4D mask also drives eager attention; the model's attention setting is left as it was."""
+    _, tok, prompts = setup
+    model, _ = load_model("tiny", seed=0)
+    model.eval().set_attn_implementation("eager")
+    kwargs = dict(max_new_tokens=20, kv_cache_gib=ROOMY, progress=False)
+    decoded = HFSampler(model, tok, engine="decode", **kwargs).generate(prompts, 2, seed=3)
+    assert model.config._attn_implementation == "eager"
+    generated = HFSampler(model, tok, engine="generate", **kwargs).generate(prompts, 2, seed=3)
+    assert [r.response_ids for r in decoded] == [r.response_ids for r in generated]

@@ -5,18 +5,19 @@
 to another's length and nothing is copied as the cache grows (HF's DynamicCache concatenates every
 layer's cache at every step). The active rows are always slots 0 .. A - 1: when rows finish, survivors
 from the tail move into the holes (one copy of those rows), so every decode step is one forward over
-exactly the unfinished rows, attending to columns 0 .. longest - 1 under a [A, 1, 1, W] length mask.
+exactly the unfinished rows, attending to columns 0 .. longest - 1 under an [A, 1, 1, W] length mask.
 Free slots are refilled from the pending jobs in batches (when at least an eighth of the slots are free),
 by a prefill forward over the distinct prompts of the admitted jobs: the n samples of a prompt share one
 prefill, whose keys and values are copied into each of their slots.
 
 The model must route attention through `past_key_values.update(key, value, layer_idx)` and accept a 4D
-boolean attention mask and explicit `position_ids` (transformers' Llama-style decoders do; checked on
-the first forward). Draws come from `sampling.Draw` with counter-based uniforms, so the tokens do not
+additive attention mask and explicit `position_ids` (transformers' Llama-style decoders do; checked on
+the first forward); a model set to flash-attn runs the loop under sdpa (unmeasured: no GPU here). Draws come from `sampling.Draw` with counter-based uniforms, so the tokens do not
 depend on the slot count or the admission order.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +87,20 @@ def kv_geometry(config) -> tuple[int, int, int]:
     return config.num_hidden_layers, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
+@contextmanager
+def _mask_capable_attention(model):
+    """sdpa for the loop when the model runs another attention (flash-attn takes no 4D mask), then back."""
+    previous = model.config._attn_implementation
+    if previous in ("sdpa", "eager"):
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
 class DecodeLoop:
     """Draws every job to an eos id or `max_new_tokens` with at most `num_slots` rows in flight."""
 
@@ -96,6 +111,10 @@ class DecodeLoop:
     @torch.no_grad()
     def run(self, jobs: list[Job], progress=None) -> None:
         """Fills each job's tokens and logprobs in place; `progress(k)` is told of k finished jobs."""
+        with _mask_capable_attention(self.model):
+            self._run(jobs, progress)
+
+    def _run(self, jobs: list[Job], progress) -> None:
         num_slots = min(self.num_slots, len(jobs))
         capacity = max(len(job.prompt) for job in jobs) + self.max_new_tokens
         cache = SlotCache(*self._geometry(num_slots, capacity), dtype=self.model.dtype, device=self.model.device)
@@ -120,29 +139,28 @@ class DecodeLoop:
         padded); draws each job's first token. Returns those tokens [k]."""
         device = self.model.device
         prompts = list(dict.fromkeys(tuple(jobs[j].prompt) for j in admitted))
+        which = [prompts.index(tuple(jobs[j].prompt)) for j in admitted]  # prompt of each admitted job
         width = max(map(len, prompts))
-        pads = torch.tensor([width - len(p) for p in prompts], device=device)  # [U]
-        ids = torch.tensor([[self.pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)
+        pads = [width - len(p) for p in prompts]
+        ids = torch.tensor([[self.pad_id] * pad + list(p) for p, pad in zip(prompts, pads)], device=device)
         column = torch.arange(width, device=device)
-        real = column[None, :] >= pads[:, None]  # [U, width]
+        starts = torch.tensor(pads, device=device)[:, None]  # [U, 1]
         causal = column[:, None] >= column[None, :]
         # Padding queries attend to themselves only: an all-masked row would give NaN in sdpa.
-        mask = (causal[None] & real[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)[None]
+        mask = (causal[None] & (column >= starts)[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
         capture = _Capture()
-        logits = self.model(input_ids=ids, attention_mask=mask[:, None], position_ids=(column[None] - pads[:, None]).clamp(min=0),
+        logits = self.model(input_ids=ids, attention_mask=self._additive(mask[:, None]), position_ids=(column - starts).clamp(min=0),
                             past_key_values=capture, use_cache=True, logits_to_keep=1).logits[:, -1]  # [U, V]
         if len(capture.keys) != len(cache.keys):
             raise ValueError(f"{type(self.model).__name__} does not route attention through past_key_values.update; "
                              "use the 'generate' engine")
-        which = torch.tensor([prompts.index(tuple(jobs[j].prompt)) for j in admitted], device=device)  # [k]
-        slots = torch.arange(first_slot, first_slot + len(admitted), device=device)
-        for layer in range(len(cache.keys)):
+        for u, pad in enumerate(pads):  # prompt u's real columns pad.. into columns 0.. of each of its slots
+            slots = torch.tensor([first_slot + k for k, w in enumerate(which) if w == u], device=device)
             for store, new in ((cache.keys, capture.keys), (cache.values, capture.values)):
-                for u in range(len(prompts)):  # the real columns pads[u]: of prompt u, into columns 0..
-                    rows = slots[which == u]
-                    store[layer][rows, :, :width - int(pads[u])] = new[layer][u:u + 1, :, int(pads[u]):]
-        cache.lengths[slots] = width - pads[which]
-        return self._record(jobs, admitted, logits[which])
+                for layer in range(len(store)):
+                    store[layer][slots, :, :width - pad] = new[layer][u:u + 1, :, pad:]
+        cache.lengths[first_slot:first_slot + len(admitted)] = torch.tensor([len(prompts[w]) for w in which], device=device)
+        return self._record(jobs, admitted, logits[torch.tensor(which, device=device)])
 
     def _step(self, cache: SlotCache, jobs: list[Job], slot_job: list[int], last: torch.Tensor):
         """Retire the jobs that just ended, then one forward over the others. -> (last tokens, slot_job,
@@ -157,7 +175,7 @@ class DecodeLoop:
         lengths = cache.lengths[:active]
         cache.width = int(lengths.max()) + 1
         mask = torch.arange(cache.width, device=last.device)[None, :] <= lengths[:, None]  # [A, W]
-        logits = self.model(input_ids=last[:, None], attention_mask=mask[:, None, None], position_ids=lengths[:, None],
+        logits = self.model(input_ids=last[:, None], attention_mask=self._additive(mask[:, None, None]), position_ids=lengths[:, None],
                             past_key_values=cache, use_cache=True).logits[:, -1]  # [A, V]
         cache.lengths[:active] += 1
         return self._record(jobs, slot_job, logits), slot_job, len(done)
@@ -174,6 +192,11 @@ class DecodeLoop:
             for h, m in zip(holes, movers):
                 slot_job[h] = slot_job[m]
         return slot_job[:keep], last[:keep]
+
+    def _additive(self, mask: torch.Tensor) -> torch.Tensor:
+        """A bool mask (True = attend) as the additive float mask that eager and sdpa attention both take."""
+        return torch.zeros(mask.shape, dtype=self.model.dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(self.model.dtype).min)
 
     def _record(self, jobs: list[Job], rows: list[int], logits: torch.Tensor) -> torch.Tensor:
         """Draw one token per row of `logits` for jobs `rows`; append it and its log-prob to each job."""
