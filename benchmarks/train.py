@@ -7,8 +7,8 @@
 Everything is the trainer's own code: `train.components.build` (model, policy, sampler, task, buffer) from
 the preset (`configs/<model>.yaml`), then `train.phases`: `generate`, `grade`, `assign_groups`, `select`,
 `update`, `optimizer_step`, timed by `metrics.PhaseTimer`. The tiny model is first warm-up trained by the
-trainer (`--warmup-steps`, default the preset's 1200; reused from `OUT/train_warmup` when there), so its responses are
-realistic: right and wrong answers, regular and voting. Two tables:
+trainer (`--warmup-steps`, default the preset's 1200; reused from `OUT/train_warmup` when there), so its
+responses are realistic: right and wrong answers, regular and voting. Two tables:
 
 - `train_engines`: `phases.generate` of the same P·n responses per engine, interleaved in each repeat.
   `generate@R` is transformers' `generate` with R rows per call (R = 64: the former `generate_batch`, the
@@ -17,7 +17,8 @@ realistic: right and wrong answers, regular and voting. Two tables:
   continuous batching, `model.generate_batch`) sample with HF's own RNG, so their responses differ
   (the same distribution in theory). `tok_s` = generated tokens / s; `speedup` against the first
   engine; `same` = share of responses token-identical to the first engine's; `peak_mib` = peak memory of
-  the call above what was held before it (CPU: resident set, coarse).
+  the call above what was held before it (CPU: resident set, coarse); `load_avg`: the machine's 1-minute
+  load average before and after the table.
 - `train`: the step at each budget q with the default engine's rollouts: grade and group once, then per q
   the ILP and the update twice, with the trainer's fused `Policy` and with a full-logits twin of it
   (benchmark-only: `lm_head(hidden)` [T, V] → log_softmax → gather → the same loss; same rows, same
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
@@ -50,7 +52,7 @@ from ibpo_fast.train.policy import Policy
 
 BUDGETS = (0.0, 0.5, 1.0)
 ENGINE_COLUMNS = ["model", "engine", "rows", "responses", "tokens", "generate_s", "tok_s", "speedup", "same",
-                  "peak_mib"]
+                  "peak_mib", "load_avg"]
 STEP_PHASES = ("generate", "grade", "group", "ilp", "forward_backward", "optimizer")
 STEP_COLUMNS = ["q", "loss", "selected", "tokens", *(f"{p}_ms" for p in STEP_PHASES), "step_ms", "update_tok_s",
                 "peak_mib", "loss_rel_diff"]
@@ -63,7 +65,8 @@ class FullLogitsPolicy(Policy):
         logits = self.model.lm_head(self.hidden(batch)).float() / temperature  # [T, V]
         counted = (batch.targets != -100) & batch.loss_mask
         logp = torch.log_softmax(logits, -1).gather(1, batch.targets.clamp(min=0)[:, None]).squeeze(1) * counted
-        sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=logp.device), batch.seqlens().long())
+        sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=logp.device),
+                                           batch.seqlens().long())
         seq_logp = torch.zeros(batch.num_sequences, device=logp.device).index_add(0, sequence, logp)
         return seq_logp.detach(), -(seq_weights * seq_logp).sum()
 
@@ -294,7 +297,10 @@ def main(argv=None):
         run = build(cfg)
         run.replica.refresh()
         problems = run.task.problems("train", cfg.prompts_per_step, seed=0)
+        load = os.getloadavg()[0]
         engine_rows = measure_engines(Engines(run, problems), args)
+        for row in engine_rows:  # a shared machine: the 1-minute load average around the measurement
+            row["load_avg"] = [load, os.getloadavg()[0]]
         path = write_results(args.out, "train_engines", engine_rows, columns=ENGINE_COLUMNS)
         if not args.skip_step:
             step = measure_step(run, problems, args)

@@ -12,8 +12,9 @@ prefill, whose keys and values are copied into each of their slots.
 
 The model must route attention through `past_key_values.update(key, value, layer_idx)` and accept a 4D
 additive attention mask and explicit `position_ids` (transformers' Llama-style decoders do; checked on
-the first forward); a model set to flash-attn runs the loop under sdpa (unmeasured: no GPU here). Draws come from `sampling.Draw` with counter-based uniforms, so the tokens do not
-depend on the slot count or the admission order.
+the first forward); a model set to flash-attn runs the loop under sdpa (unmeasured: no GPU here). Draws
+come from `sampling.Draw` with counter-based uniforms, so the tokens do not depend on the slot count or the
+admission order.
 """
 from __future__ import annotations
 
@@ -36,16 +37,15 @@ class SlotCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.lengths = torch.zeros(num_slots, dtype=torch.int64, device=device)  # [R] tokens held
-        self.width, self.num_updates = 0, 0
+        self.width = 0  # columns the next decode step attends to
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Decode: key/value [B, H_kv, 1, D] of rows 0 .. B - 1, written at column `lengths[row]`."""
-        rows = torch.arange(key.shape[0], device=key.device)
-        at = self.lengths[:key.shape[0]]
-        self.keys[layer_idx][rows, :, at] = key[:, :, 0]
-        self.values[layer_idx][rows, :, at] = value[:, :, 0]
-        self.num_updates += 1
-        return self.keys[layer_idx][:key.shape[0], :, :self.width], self.values[layer_idx][:key.shape[0], :, :self.width]
+        rows = key.shape[0]
+        slot, at = torch.arange(rows, device=key.device), self.lengths[:rows]
+        self.keys[layer_idx][slot, :, at] = key[:, :, 0]
+        self.values[layer_idx][slot, :, at] = value[:, :, 0]
+        return self.keys[layer_idx][:rows, :, :self.width], self.values[layer_idx][:rows, :, :self.width]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.width
@@ -149,8 +149,9 @@ class DecodeLoop:
         # Padding queries attend to themselves only: an all-masked row would give NaN in sdpa.
         mask = (causal[None] & (column >= starts)[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)
         capture = _Capture()
-        logits = self.model(input_ids=ids, attention_mask=self._additive(mask[:, None]), position_ids=(column - starts).clamp(min=0),
-                            past_key_values=capture, use_cache=True, logits_to_keep=1).logits[:, -1]  # [U, V]
+        logits = self.model(input_ids=ids, attention_mask=self._additive(mask[:, None]), past_key_values=capture,
+                            position_ids=(column - starts).clamp(min=0), use_cache=True,
+                            logits_to_keep=1).logits[:, -1]  # [U, V]
         if len(capture.keys) != len(cache.keys):
             raise ValueError(f"{type(self.model).__name__} does not route attention through past_key_values.update; "
                              "use the 'generate' engine")
@@ -159,7 +160,8 @@ class DecodeLoop:
             for store, new in ((cache.keys, capture.keys), (cache.values, capture.values)):
                 for layer in range(len(store)):
                     store[layer][slots, :, :width - pad] = new[layer][u:u + 1, :, pad:]
-        cache.lengths[first_slot:first_slot + len(admitted)] = torch.tensor([len(prompts[w]) for w in which], device=device)
+        lengths = torch.tensor([len(prompts[w]) for w in which], device=device)
+        cache.lengths[first_slot:first_slot + len(admitted)] = lengths
         return self._record(jobs, admitted, logits[torch.tensor(which, device=device)])
 
     def _step(self, cache: SlotCache, jobs: list[Job], slot_job: list[int], last: torch.Tensor):
@@ -175,8 +177,9 @@ class DecodeLoop:
         lengths = cache.lengths[:active]
         cache.width = int(lengths.max()) + 1
         mask = torch.arange(cache.width, device=last.device)[None, :] <= lengths[:, None]  # [A, W]
-        logits = self.model(input_ids=last[:, None], attention_mask=self._additive(mask[:, None, None]), position_ids=lengths[:, None],
-                            past_key_values=cache, use_cache=True).logits[:, -1]  # [A, V]
+        logits = self.model(input_ids=last[:, None], attention_mask=self._additive(mask[:, None, None]),
+                            position_ids=lengths[:, None], past_key_values=cache, use_cache=True)
+        logits = logits.logits[:, -1]  # [A, V]
         cache.lengths[:active] += 1
         return self._record(jobs, slot_job, logits), slot_job, len(done)
 
@@ -184,7 +187,7 @@ class DecodeLoop:
         """Drop the `done` slots; the survivors past the new end move into the holes below it."""
         keep = len(slot_job) - len(done)
         holes = [i for i in done if i < keep]
-        movers = [i for i in range(keep, len(slot_job)) if i not in set(done)]
+        movers = sorted(set(range(keep, len(slot_job))) - set(done))
         if holes:
             source, target = (torch.tensor(x, device=last.device) for x in (movers, holes))
             cache.move(source, target)

@@ -89,11 +89,12 @@ class HFSampler:
 
     def rows_in_flight(self, prompt_tokens: int) -> int:
         """Rows of `prompt_tokens` + max_new_tokens tokens whose KV cache fits in `kv_cache_gib`."""
-        row_bytes = models.kv_cache_bytes_per_token(self.model.config, self.model.dtype) * (prompt_tokens + self.max_new_tokens)
+        per_token = models.kv_cache_bytes_per_token(self.model.config, self.model.dtype)
+        row_bytes = per_token * (prompt_tokens + self.max_new_tokens)
         rows = int(self.kv_cache_gib * 2**30 // row_bytes)
         if rows < 1:
-            raise ValueError(f"kv_cache_gib={self.kv_cache_gib} holds no row of {prompt_tokens} + {self.max_new_tokens} "
-                             f"tokens ({row_bytes / 2**30:.3g} GiB each)")
+            raise ValueError(f"kv_cache_gib={self.kv_cache_gib} holds no row of {prompt_tokens} + "
+                             f"{self.max_new_tokens} tokens ({row_bytes / 2**30:.3g} GiB each)")
         return rows
 
     @torch.no_grad()
@@ -129,8 +130,9 @@ class HFSampler:
         device = self.model.device
         width = max(len(job.prompt) for job in jobs)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(j.prompt)) + j.prompt for j in jobs], device=device)
-        attention_mask = torch.tensor([[0] * (width - len(j.prompt)) + [1] * len(j.prompt) for j in jobs], device=device)
+        pads = [width - len(j.prompt) for j in jobs]
+        input_ids = torch.tensor([[pad] * n + j.prompt for n, j in zip(pads, jobs)], device=device)
+        attention_mask = torch.tensor([[0] * n + [1] * len(j.prompt) for n, j in zip(pads, jobs)], device=device)
         draw = _DrawProcessor(self.draw, np.array([j.key for j in jobs], np.uint64), width)
         # Greedy decoding over the processor's one-hot scores is exactly the processor's draw.
         sequences = self.model.generate(

@@ -60,5 +60,6 @@ class Draw:
         total = cdf[:, -1:]
         # The first entry whose CDF exceeds u · total (zero-probability entries are never drawn); at most the
         # last entry of positive probability, where u · total rounds up to the total.
-        token = torch.minimum(torch.searchsorted(cdf, u[:, None] * total, right=True), torch.searchsorted(cdf, total.contiguous()))
+        token = torch.minimum(torch.searchsorted(cdf, u[:, None] * total, right=True),
+                              torch.searchsorted(cdf, total.contiguous()))
         return token.squeeze(1), logp.gather(1, token).squeeze(1)
