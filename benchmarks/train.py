@@ -10,7 +10,8 @@ the preset (`configs/<model>.yaml`), then `train.phases`: `generate`, `grade`, `
 trainer (`--warmup-steps`, default the preset's 1200; reused from `OUT/train_warmup` when there), so its
 responses are realistic: right and wrong answers, regular and voting. Two tables:
 
-- `train_engines`: `phases.generate` of the same P·n responses per engine, interleaved in each repeat.
+- `train_engines`: `phases.generate` of the same P·n responses per engine (the same seeds in every repeat),
+  interleaved in each repeat.
   `generate@R` is transformers' `generate` with R rows per call (R = 64: the former `generate_batch`, the
   baseline), `generate` and `decode` the package's engines at the preset's `generate_kv_gib`; the
   optional `static` (`generate` with `cache_implementation="static"`) and `cb` (transformers'
@@ -158,10 +159,10 @@ def measure_engines(engines: Engines, args) -> list[dict]:
             start = time.perf_counter()
             if repeat == 0:
                 box = {}
-                peaks[name] = peak_memory(lambda: box.update(out=engines(name, repeat)), device=args.device)
+                peaks[name] = peak_memory(lambda: box.update(out=engines(name, 0)), device=args.device)
                 responses = box["out"]
             else:
-                responses = engines(name, repeat)
+                responses = engines(name, 0)  # the same seeds every repeat: the same work
             seconds[name].append(time.perf_counter() - start)
             reference = reference or responses
             tokens[name] = sum(map(len, responses))
@@ -186,7 +187,8 @@ def measure_step(run, problems, args) -> list[dict]:
     info, peaks = {}, {}
     for repeat in range(-1, args.repeats):  # repeat -1: warm-up (numba, optimizer state)
         shared = PhaseTimer(run.world.device)
-        with shared("generate"):
+        with shared("generate"):  # as the loop times it: the replica's refresh, then the phase
+            run.replica.refresh()
             drawn = phases.generate(run.sampler, run.tokenizer, problems, 0, run.cfg, repeat + 1)
         with shared("grade"):
             samples = phases.grade(run.task, problems, drawn, 0)
