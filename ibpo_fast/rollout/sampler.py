@@ -6,7 +6,9 @@ draws do not depend on batching):
 
 - "decode" (default): `decode.DecodeLoop`, continuous batching over a slot KV cache: finished rows leave
   the batch, free slots take the next jobs, the n samples of a prompt share one prefill, no row is padded
-  to another's length. Measured 2x+ today's `generate` on the tiny preset (benchmarks/README.md, train).
+  to another's length. On the tiny preset's step 2.3-3.8x the tokens/s of `generate` at 64 rows a call
+  (the former default), 1.1-1.4x on SmolLM2 (compute-bound on a CPU): benchmarks/README.md, train. On a GPU
+  unmeasured.
 - "generate": transformers' `model.generate` (left padding, every row kept to the longest) with the draw
   in a logits processor; the readable reference, and the fallback for a model whose attention does not go
   through `past_key_values.update`.
