@@ -51,7 +51,7 @@ step compile 60 python3 -m benchmarks compile --out "$detail" --jobs 8
 step triton_check 110 bash -c "set -o pipefail; python3 -m benchmarks.gpu_kernels_check --repeats 3 | tee '$detail/gpu_kernels_check.txt'"
 step kernels 170 python3 -m benchmarks kernels --device cuda --out "$detail" --repeats 3 --dtypes bfloat16 float32
 if python3 -c "import numba, highspy, tqdm, tokenizers" 2>/dev/null; then
-    step train 100 python3 -m benchmarks train --device cuda --out "$detail" --repeats 2 --generate-batch 512
+    step train 100 python3 -m benchmarks train --device cuda --out "$detail" --repeats 2 --warmup-steps 300
 else
     echo "=== train: skipped, the image lacks one of numba, highspy, tqdm, tokenizers (add their wheels to .whl/)"
     failed+=("train(skipped)")

@@ -1,273 +1,329 @@
-"""One IBPO training step per budget q, phase by phase: the fused loss against the model's full-logits loss.
+"""The trainer's IBPO step, phase by phase, and its rollout engines, on the tiny default or SmolLM2.
 
-    python -m benchmarks train --out bench_out                 # CPU
-    python -m benchmarks train --device cuda --out bench_out   # a larger batch on a GPU
+    python -m benchmarks train --out bench_out                              # tiny preset (warm-up trained)
+    python -m benchmarks train --model smollm2 --prompts 4 --n 4 --max-new-tokens 128 --out bench_out
+    python -m benchmarks train --device cuda --out bench_out
 
-Model: a random Llama with the tiny preset's body (``models.tiny_model``: hidden 64, 2 layers) and a
-V = 32,000 head (``--vocab``), so the LM head is most of the update's flops, as in small real models with large
-vocabularies; text goes through the char tokenizer (ids < 102). The step, built from the package's public
-pieces and the trainer's ``Policy`` and ``optimizer_step`` (ibpo_fast/train):
+Everything is the trainer's own code: `train.components.build` (model, policy, sampler, task, buffer) from
+the preset (`configs/<model>.yaml`), then `train.phases`: `generate`, `grade`, `assign_groups`, `select`,
+`update`, `optimizer_step`, timed by `metrics.PhaseTimer`. The tiny model is first warm-up trained by the
+trainer (`--warmup-steps`, default the preset's 1200; reused from `OUT/train_warmup` when there), so its
+responses are realistic: right and wrong answers, regular and voting. Two tables:
 
-- generate: ``HFSampler.generate`` of n responses for each of P arithmetic prompts by the random policy
-  (``--max-new-tokens``, default 32). A random policy never answers right, so the ILP would select nothing:
-  the responses graded and trained on are instead task demonstrations (``rollout.demonstration``, half regular,
-  half sequential voting), a share of them answering another prompt's problem (wrong). Same P·n count.
-- grade: ``Grader.score`` of those texts; group: ``grouping.response_groups`` of the texts, by the
-  [TRIAL] marker; ilp: ``budget.solve(rewards, groups, prompts, q, max_per_prompt=1)``; pack: the selected
-  responses into the update batch (T tokens).
-- fwd+bwd: ``fused`` = the trainer's ``Policy`` (decoder body on sdpa rows of <= 2048 tokens with a
-  block-diagonal mask, or one varlen row under flash-attn) + ``ops.sequence_logprobs_and_loss`` (backend
-  "auto"); ``full`` = ``model(...).logits`` on the same rows → log_softmax → gather → the same per-sequence
-  weighted loss (Z = counted tokens); then ``loss.backward()``. optimizer: the trainer's ``optimizer_step``
-  (grad-norm clip 1.0, AdamW step, zero_grad).
-
-Median over ``--repeats`` after one warm-up step. In each repeat the phases that depend on neither q nor the loss
-(generate, grade, group) run once and their times serve every row; then, for each q in turn, ilp, pack and the
-two updates (interleaved, so a slow spell of a shared machine hits all rows alike). `update_tok_s` =
-T / (fwd+bwd + optimizer); `step_tok_s` = T / the whole step; `samples_s` = P·n / the whole step;
-`peak_mib`: peak memory of the update (fwd+bwd + optimizer) above what was held before it. Rows `ratio` give
-fused / full for the throughputs and full / fused for time, and `loss_rel_diff`, |fused − full| / |full| of
-the loss on that batch (a check that both compute the same loss).
+- `train_engines`: `phases.generate` of the same P·n responses per engine (the same seeds in every repeat),
+  interleaved in each repeat.
+  `generate@R` is transformers' `generate` with R rows per call (R = 64: the former `generate_batch`, the
+  baseline), `generate` and `decode` the package's engines at the preset's `generate_kv_gib`; the
+  optional `static` (`generate` with `cache_implementation="static"`) and `cb` (transformers'
+  continuous batching, `model.generate_batch`) sample with HF's own RNG, so their responses differ
+  (the same distribution in theory). `tok_s` = generated tokens / s; `speedup` against the first
+  engine; `same` = share of responses token-identical to the first engine's; `peak_mib` = peak memory of
+  the call above what was held before it (CPU: resident set, coarse); `load_avg`: the machine's 1-minute
+  load average before and after the table.
+- `train`: the step at each budget q with the default engine's rollouts: grade and group once, then per q
+  the ILP and the update twice, with the trainer's fused `Policy` and with a full-logits twin of it
+  (benchmark-only: `lm_head(hidden)` [T, V] → log_softmax → gather → the same loss; same rows, same
+  weights, same normaliser, since both go through `phases.update`). `update_tok_s` = learned tokens /
+  (forward_backward + optimizer); `step_ms` includes the default engine's generate; `peak_mib` of the
+  update. Rows `ratio` give fused / full.
 """
 from __future__ import annotations
 
 import argparse
-import random
+import dataclasses
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from transformers import GenerationConfig
 
 from benchmarks.common import peak_memory, plot_lines, plots_available, save_partial, write_results
-from ibpo_fast import budget, grouping
-from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model
-from ibpo_fast.packing import pack
-from ibpo_fast.rollout import ArithmeticTask, Grader, HFSampler, demonstration, prompt_text
-from ibpo_fast.train.policy import Policy, RowBatch, uses_flash_attention
-from ibpo_fast.train.phases import optimizer_step
+from ibpo_fast import budget
+from ibpo_fast.models import encode_prompts, kv_cache_bytes_per_token
+from ibpo_fast.rollout import HFSampler, prompt_text
+from ibpo_fast.train import TrainConfig, train
+from ibpo_fast.train import phases
+from ibpo_fast.train.components import build
+from ibpo_fast.train.config import load_config
+from ibpo_fast.train.metrics import PhaseTimer
+from ibpo_fast.train.policy import Policy
 
-BUDGETS = (0.0, 0.25, 0.5, 0.75, 1.0)
-ROLLOUT_PHASES = ("generate", "grade", "group", "ilp", "pack")
-UPDATE_PHASES = ("fwd_bwd", "optimizer")
-COLUMNS = ["q", "loss", "tokens", "selected", "extended", *(f"{p}_ms" for p in ROLLOUT_PHASES + UPDATE_PHASES),
-           "step_ms", "update_tok_s", "step_tok_s", "samples_s", "peak_mib", "loss_rel_diff"]
-
-
-class Timer:
-    def __init__(self, device):
-        self.device, self.ms = device, {}
-
-    def __call__(self, phase, fn):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        self.ms[phase] = 1e3 * (time.perf_counter() - start)
-        return out
+BUDGETS = (0.0, 0.5, 1.0)
+ENGINE_COLUMNS = ["model", "engine", "rows", "responses", "tokens", "generate_s", "tok_s", "speedup", "same",
+                  "peak_mib", "load_avg"]
+STEP_PHASES = ("generate", "grade", "group", "ilp", "forward_backward", "optimizer")
+STEP_COLUMNS = ["q", "loss", "selected", "tokens", *(f"{p}_ms" for p in STEP_PHASES), "step_ms", "update_tok_s",
+                "peak_mib", "loss_rel_diff"]
 
 
-def make_rollouts(tokenizer, num_prompts, n, seed):
-    """(problems, prompt ids, texts of P·n responses, prompt of each): demonstrations, some answering another
-    prompt (so wrong); wrong more often for regular responses (one attempt) than for voting ones."""
-    rng = random.Random(seed)
-    problems = ArithmeticTask(levels=(1, 2, 3, 4)).problems("train", num_prompts, seed)
-    prompt_ids = encode_prompts(tokenizer, [prompt_text(p, "asv") for p in problems], chat=False)
-    texts, owners = [], []
-    for p, problem in enumerate(problems):
-        for j in range(n):
-            fmt = "regular" if j % 2 == 0 else "sv"
-            wrong = rng.random() < (0.2 + 0.15 * problem.level if fmt == "regular" else 0.1 * problem.level)
-            answered = problems[(p + 1) % num_prompts] if wrong else problem
-            texts.append(demonstration(answered, fmt, rng))
-            owners.append(p)
-    return problems, prompt_ids, texts, np.asarray(owners)
+class FullLogitsPolicy(Policy):
+    """The trainer's `Policy` with the model's own head: [T, V] logits, log_softmax, gather (the baseline)."""
+
+    def forward(self, batch, seq_weights, temperature: float = 1.0):
+        logits = self.model.lm_head(self.hidden(batch)).float() / temperature  # [T, V]
+        counted = (batch.targets != -100) & batch.loss_mask
+        logp = torch.log_softmax(logits, -1).gather(1, batch.targets.clamp(min=0)[:, None]).squeeze(1) * counted
+        sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=logp.device),
+                                           batch.seqlens().long())
+        seq_logp = torch.zeros(batch.num_sequences, device=logp.device).index_add(0, sequence, logp)
+        return seq_logp.detach(), -(seq_weights * seq_logp).sum()
 
 
-def normaliser(batch) -> torch.Tensor:
-    """Z = sum_i |w_i| * (counted tokens of i), as ``normalize="tokens"`` computes it."""
-    counted = ((batch.targets != -100) & batch.loss_mask).float()
-    sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=counted.device),
-                                       batch.seqlens().long())
-    num_tokens = torch.zeros(batch.num_sequences, device=counted.device).index_add(0, sequence, counted)
-    return (batch.weight.abs() * num_tokens).sum().clamp(min=1)
-
-
-def fused_loss(policy, batch):
-    """The trainer's path: ``Policy`` (decoder body on its row layout) + ``ops.sequence_logprobs_and_loss``."""
-    return policy(batch, batch.weight / normaliser(batch))[1]
-
-
-def full_logits_loss(policy, batch):
-    """The model's own path on the same layout: ``model(...).logits`` [T, V], log_softmax, gather, the same loss."""
-    model = policy.model
-    if uses_flash_attention(model):
-        logits = model(input_ids=batch.input_ids[None], position_ids=batch.position_ids[None],
-                       use_cache=False).logits[0]
+def warm_model(args) -> str:
+    """A warm-up-trained tiny model (the trainer, `--warmup-steps` SFT steps), reused when present."""
+    folder = Path(args.out) / "train_warmup"
+    if (folder / "model.pt").is_file():
+        print(f"train: reusing the warm-up model {folder / 'model.pt'}", flush=True)
     else:
-        rows = RowBatch(batch, policy.max_row_tokens)
-        logits = model(input_ids=rows.input_ids, position_ids=rows.position_ids, attention_mask=rows.mask,
-                       use_cache=False).logits  # [B, L, V], padding slots included
-        logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows.index)  # [T, V]
-    counted = (batch.targets != -100) & batch.loss_mask
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, batch.targets.clamp(min=0)[:, None]).squeeze(1)
-    sequence = torch.repeat_interleave(torch.arange(batch.num_sequences, device=logits.device),
-                                       batch.seqlens().long())
-    seq_logp = torch.zeros(batch.num_sequences, device=logits.device).index_add(0, sequence, logp * counted)
-    return -(batch.weight * seq_logp).sum() / normaliser(batch)
+        print(f"train: warm-up training the tiny model ({args.warmup_steps} steps) into {folder}", flush=True)
+        train(load_config(TrainConfig, preset="tiny", overrides=dict(
+            steps=0, warmup_steps=args.warmup_steps, out=str(folder), progress=False, tensorboard=False)))
+    return str(folder / "model.pt")
 
 
-LOSSES = {"fused": fused_loss, "full": full_logits_loss}
+class Engines:
+    """Each engine's `phases.generate` on the run's problems -> response token lists."""
+
+    def __init__(self, run, problems):
+        self.run, self.problems = run, problems
+        prompt_ids = encode_prompts(run.tokenizer, [prompt_text(p, "asv", verbose=run.cfg.verbose_prompts)
+                                                    for p in problems])
+        self.jobs = [ids for ids in prompt_ids for _ in range(run.cfg.samples_per_prompt)]
+        self.prompt_tokens = max(map(len, prompt_ids))
+
+    def sampler(self, name: str) -> HFSampler:
+        """`engine` at the preset's KV budget, or `engine@R`: a budget of exactly R rows."""
+        engine, _, rows = name.partition("@")
+        model, cfg = self.run.policy.model, self.run.cfg
+        row_bytes = kv_cache_bytes_per_token(model.config, model.dtype) * (self.prompt_tokens + cfg.max_new_tokens)
+        return HFSampler(model, self.run.tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                         kv_cache_gib=int(rows) * row_bytes / 2**30 if rows else cfg.generate_kv_gib,
+                         engine=engine, progress=False)
+
+    def rows(self, name: str) -> int | None:
+        """Rows in flight (None: cb sizes its own batches)."""
+        if name == "cb":
+            return None
+        sampler = self.sampler("generate" if name == "static" else name)
+        return min(len(self.jobs), sampler.rows_in_flight(self.prompt_tokens))
+
+    def __call__(self, name: str, step: int) -> list[list[int]]:
+        """Response token lists of engine `name` (in prompt order)."""
+        run = self.run
+        if name in ("static", "cb"):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(step)
+                return (self._static if name == "static" else self._continuous_batching)()
+        with run.generation_weights():
+            out = phases.generate(self.sampler(name), run.tokenizer, self.problems, 0, run.cfg, step)
+        return [r.response_ids for r in out.rollouts]
+
+    def _hf_config(self) -> GenerationConfig:
+        tok = self.run.tokenizer
+        return GenerationConfig(do_sample=True, temperature=self.run.cfg.temperature, top_k=None, top_p=None,
+                                max_new_tokens=self.run.cfg.max_new_tokens, eos_token_id=tok.eos_token_id,
+                                pad_token_id=tok.pad_token_id)
+
+    def _static(self) -> list[list[int]]:
+        model, pad, rows = self.run.policy.model, self.run.tokenizer.pad_token_id, self.rows("static")
+        responses = []
+        for start in range(0, len(self.jobs), rows):
+            batch = self.jobs[start:start + rows]
+            width = max(map(len, batch))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=model.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=model.device)
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=self._hf_config(),
+                                 cache_implementation="static")
+            responses += [_until_eos(row, self.run.tokenizer.eos_token_id) for row in out[:, width:].tolist()]
+        return responses
+
+    def _continuous_batching(self) -> list[list[int]]:
+        results = self.run.policy.model.generate_batch(inputs=self.jobs, generation_config=self._hf_config())
+        return [list(r.generated_tokens) for r in results.values()]
 
 
-class Step:
-    def __init__(self, args):
-        self.args, self.device = args, args.device
-        self.tokenizer = char_tokenizer()
-        self.model = tiny_model(args.vocab, seed=0).to(args.device)
-        self.policy = Policy(self.model, max_row_tokens=args.max_row_tokens)
-        self.optimizers = {name: torch.optim.AdamW(self.policy.parameters(), lr=1e-5) for name in LOSSES}
-        self.sampler = HFSampler(self.model, self.tokenizer, max_new_tokens=args.max_new_tokens,
-                                 batch_size=args.generate_batch, progress=False)
-        self.task = ArithmeticTask(levels=(1, 2, 3, 4))
-        self.problems, self.prompt_ids, self.texts, self.owners = make_rollouts(
-            self.tokenizer, args.prompts, args.n, seed=0)
-        eos = self.tokenizer.eos_token_id
-        self.pairs = [(self.prompt_ids[p], self.tokenizer(t, add_special_tokens=False).input_ids + [eos])
-                      for t, p in zip(self.texts, self.owners)]
-
-    def rollout(self, timer):
-        """The phases that do not depend on q -> (rewards [P·n], groups [P·n])."""
-        timer("generate", lambda: self.sampler.generate(self.prompt_ids, self.args.n, seed=0))
-        scores = timer("grade", lambda: Grader(self.task).score([self.problems[p] for p in self.owners], self.texts))
-
-        return scores.reward, timer("group", lambda: grouping.response_groups(self.texts))
-
-    def select(self, q, rewards, groups, timer):
-        """The ILP at budget q and the packed update batch of the selected responses -> (batch, # extended)."""
-        selection = timer("ilp", lambda: budget.solve(rewards, groups, self.owners, q, max_per_prompt=1))
-        chosen = selection.weights.nonzero()[0]
-        batch = timer("pack", lambda: pack([self.pairs[i] for i in chosen], prompt_index=self.owners[chosen],
-                                           group=groups[chosen], reward=rewards[chosen], device=self.device))
-        return batch, int((groups[chosen] > 0).sum())
-
-    @torch.no_grad()
-    def loss_gap(self, batch) -> float:
-        """|fused - full| / |full| of the loss on ``batch``: both variants compute the same number."""
-        fused, full = (float(loss(self.policy, batch)) for loss in (fused_loss, full_logits_loss))
-        return abs(fused - full) / max(abs(full), 1e-30)
-
-    def update(self, loss_name, batch, timer):
-        optimizer = self.optimizers[loss_name]
-        timer("fwd_bwd", lambda: LOSSES[loss_name](self.policy, batch).backward())
-        timer("optimizer", lambda: optimizer_step(self.policy, optimizer, max_grad_norm=1.0))
+def _until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[:ids.index(eos) + 1] if eos in ids else ids
 
 
-def measure(step, args):
-    """Per repeat: the q-independent phases once, then for each q the ILP, pack and both updates (interleaved,
-    so a slow spell of the machine hits every budget and both losses alike)."""
-    samples = {(q, name): [] for q in args.budgets for name in LOSSES}
-    batches, peaks, loss_gaps = {}, {}, {}
+def measure_engines(engines: Engines, args) -> list[dict]:
+    seconds = {name: [] for name in args.engines}
+    tokens, peaks, same = {}, {}, {}
+    for name in args.engines:  # warm-up: first calls, allocator
+        engines(name, 0)
     for repeat in range(args.repeats):
-        shared = Timer(args.device)
-        rewards, groups = step.rollout(shared)
-        for q in args.budgets:
-            selecting = Timer(args.device)
-            batches[q] = step.select(q, rewards, groups, selecting)
+        reference = None
+        for name in args.engines:  # interleaved, so a slow spell of a shared machine hits every engine alike
+            start = time.perf_counter()
             if repeat == 0:
-                loss_gaps[q] = step.loss_gap(batches[q][0])
-            for name in LOSSES:
-                timer = Timer(args.device)
-                if repeat == 0:
-                    peaks[q, name] = peak_memory(lambda: step.update(name, batches[q][0], timer), device=args.device)
-                else:
-                    step.update(name, batches[q][0], timer)
-                samples[q, name].append({**shared.ms, **selecting.ms, **timer.ms})
-        rows = [row for q in args.budgets for row in budget_rows(q, *batches[q], samples, peaks, args)]
-        for row in rows:
-            if row["loss"].startswith("ratio"):
-                row["loss_rel_diff"] = loss_gaps[row["q"]]
-        save_partial(args.out, "train", rows)  # medians of the repeats so far, in case a time limit cuts the run
-        print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
-    (Path(args.out) / "train.partial.json").unlink()
+                box = {}
+                peaks[name] = peak_memory(lambda: box.update(out=engines(name, 0)), device=args.device)
+                responses = box["out"]
+            else:
+                responses = engines(name, 0)  # the same seeds every repeat: the same work
+            seconds[name].append(time.perf_counter() - start)
+            reference = reference or responses
+            tokens[name] = sum(map(len, responses))
+            same[name] = sum(a == b for a, b in zip(responses, reference)) / len(reference)
+        print(f"  engines: repeat {repeat + 1}/{args.repeats} done", flush=True)
+    rows = []
+    for name in args.engines:
+        median = statistics.median(seconds[name])
+        rows.append({"model": args.model, "engine": name, "rows": engines.rows(name), "responses": len(engines.jobs),
+                     "tokens": tokens[name], "generate_s": median, "tok_s": tokens[name] / median,
+                     "same": same[name] if name not in ("static", "cb") else None, "peak_mib": peaks[name] / 2**20})
+    for row in rows:
+        row["speedup"] = row["tok_s"] / rows[0]["tok_s"]
     return rows
 
 
-def budget_rows(q, batch, extended, samples, peaks, args):
+def measure_step(run, problems, args) -> list[dict]:
+    """Per repeat: generate (default engine), grade and group once; per q the ILP and both updates."""
+    policies = {"fused": run.policy, "full": FullLogitsPolicy(run.policy.model, max_row_tokens=run.cfg.max_row_tokens)}
+    optimizers = {name: torch.optim.AdamW(run.policy.parameters(), lr=args.lr) for name in policies}
+    times = {(q, name): [] for q in args.budgets for name in policies}
+    info, peaks = {}, {}
+    for repeat in range(-1, args.repeats):  # repeat -1: warm-up (numba, optimizer state)
+        shared = PhaseTimer(run.world.device)
+        with shared("generate"), run.generation_weights():  # as the loop times it
+            drawn = phases.generate(run.sampler, run.tokenizer, problems, 0, run.cfg, repeat + 1)
+        with shared("grade"):
+            samples = phases.grade(run.task, problems, drawn, 0)
+        with shared("group"):
+            phases.assign_groups(samples, run.cfg.extended_trials)
+        for q in args.budgets:
+            cfg = dataclasses.replace(run.cfg, q=q, accumulate_steps=1)
+            selecting = PhaseTimer(run.world.device)
+            with selecting("ilp"):
+                gathered, _ = phases.select(run.world, samples, budget.SampleBuffer(1), cfg)
+            if repeat < 0:  # both losses on the same weights, before any update: they must agree
+                losses = {name: float(phases.update(policy, samples, gathered["weight"], gathered["tokens"], run.world,
+                                                    cfg)["loss"]) for name, policy in policies.items()}
+                run.policy.zero_grad(set_to_none=True)
+                info[q] = (int((gathered["weight"] > 0).sum()), float(gathered["weight"] @ gathered["tokens"]), losses)
+            for name, policy in policies.items():
+                timer = PhaseTimer(run.world.device)
+
+                def update():
+                    with timer("forward_backward"):
+                        figures = phases.update(policy, samples, gathered["weight"], gathered["tokens"], run.world, cfg)
+                    with timer("optimizer"):
+                        if not figures["skipped"]:
+                            phases.optimizer_step(policy, optimizers[name], cfg.max_grad_norm)
+
+                if repeat == 0:
+                    peaks[q, name] = peak_memory(update, device=args.device)
+                else:
+                    update()
+                if repeat >= 0:
+                    times[q, name].append({**shared.seconds, **selecting.seconds, **timer.seconds})
+        if repeat >= 0:
+            save_partial(args.out, "train", step_rows(times, info, peaks, args))
+            print(f"  step: repeat {repeat + 1}/{args.repeats} done", flush=True)
+    (Path(args.out) / "train.partial.json").unlink()
+    return step_rows(times, info, peaks, args)
+
+
+def step_rows(times, info, peaks, args) -> list[dict]:
     rows = []
-    for name in LOSSES:
-        runs = samples[q, name]
-        row = {"q": q, "loss": name, "tokens": batch.num_tokens, "selected": batch.num_sequences, "extended": extended}
-        for phase in ROLLOUT_PHASES + UPDATE_PHASES:
-            row[f"{phase}_ms"] = statistics.median(s[phase] for s in runs)
-        row["step_ms"] = statistics.median(sum(s.values()) for s in runs)
-        update_s = statistics.median(s["fwd_bwd"] + s["optimizer"] for s in runs) / 1e3
-        row["update_tok_s"] = batch.num_tokens / update_s
-        row["step_tok_s"] = batch.num_tokens / (row["step_ms"] / 1e3)
-        row["samples_s"] = args.prompts * args.n / (row["step_ms"] / 1e3)
-        row["peak_mib"] = peaks[q, name] / 2**20
-        rows.append(row)
-    fused, full = rows
-    ratio = {"q": q, "loss": "ratio fused/full", "tokens": batch.num_tokens}
-    for key in ("update_tok_s", "step_tok_s", "samples_s"):
-        ratio[key] = fused[key] / full[key]
-    for key in ("fwd_bwd_ms", "step_ms", "peak_mib"):
-        ratio[key] = full[key] / fused[key] if fused[key] else None  # > 1: the fused loss is better
-    return [fused, full, ratio]
+    for q in args.budgets:
+        selected, tokens, losses = info[q]
+        pair = []
+        for name in ("fused", "full"):
+            runs = times[q, name]
+            row = {"q": q, "loss": name, "selected": selected, "tokens": tokens}
+            for phase in STEP_PHASES:
+                row[f"{phase}_ms"] = 1e3 * statistics.median(s.get(phase, 0.0) for s in runs)
+            row["step_ms"] = 1e3 * statistics.median(sum(s.values()) for s in runs)
+            update_s = statistics.median(s.get("forward_backward", 0) + s.get("optimizer", 0) for s in runs)
+            row["update_tok_s"] = tokens / update_s if update_s else None
+            row["peak_mib"] = peaks.get((q, name), 0) / 2**20
+            pair.append(row)
+        fused, full = pair
+        ratio = {"q": q, "loss": "ratio fused/full", "selected": selected, "tokens": tokens,
+                 "forward_backward_ms": _ratio(full["forward_backward_ms"], fused["forward_backward_ms"]),
+                 "step_ms": _ratio(full["step_ms"], fused["step_ms"]),
+                 "update_tok_s": _ratio(fused["update_tok_s"], full["update_tok_s"]),
+                 "peak_mib": _ratio(full["peak_mib"], fused["peak_mib"]),
+                 "loss_rel_diff": abs(losses["fused"] - losses["full"]) / max(abs(losses["full"]), 1e-30)}
+        rows += [fused, full, ratio]
+    return rows
+
+
+def _ratio(a, b):
+    return a / b if a and b else None
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench_out", help="folder for train.json, train.md and train_*.png")
+    parser.add_argument("--out", default="bench_out", help="folder for train*.json / .md and the warm-up model")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--quick", action="store_true", help="tiny: V=1000, 4 prompts, 2 budgets, 1 repeat")
+    parser.add_argument("--quick", action="store_true", help="8 prompts x 4 samples, 128 new tokens, 300 warm-up "
+                                                             "steps, 1 repeat, q in {0, 1}")
+    parser.add_argument("--model", default="tiny", help="a preset with a model: tiny or smollm2")
+    parser.add_argument("--init-from", default="", help="weights (model.pt / checkpoint.pt) instead of the warm-up")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="tiny: warm-up SFT steps when no --init-from (default: the preset's, 1200)")
+    parser.add_argument("--prompts", type=int, default=None, help="P (default: the preset's prompts_per_step)")
+    parser.add_argument("--n", type=int, default=None, help="responses per prompt (default: the preset's)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--generate-kv-gib", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--engines", nargs="+", default=["generate@64", "generate", "decode"],
+                        help="first = the baseline; generate@R (R rows per call), generate, decode, static, cb")
     parser.add_argument("--budgets", type=float, nargs="+", default=None)
-    parser.add_argument("--vocab", type=int, default=None, help="LM head size V (default 32000)")
-    parser.add_argument("--prompts", type=int, default=None, help="P (default 32 CPU, 256 CUDA)")
-    parser.add_argument("--n", type=int, default=8, help="responses per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--generate-batch", type=int, default=128)
-    parser.add_argument("--max-row-tokens", type=int, default=2048, help="the trainer's sdpa row length")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--lr", type=float, default=1e-6, help="the updates' learning rate (small: the policy "
+                                                              "barely moves between repeats)")
+    parser.add_argument("--skip-step", action="store_true", help="the engine table only")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("train: --device cuda but no CUDA device here")
-    quick = args.quick
-    args.budgets = args.budgets or ([0.0, 1.0] if quick else list(BUDGETS))
-    args.vocab = args.vocab or (1000 if quick else 32000)
-    args.prompts = args.prompts or (4 if quick else 256 if args.device == "cuda" else 32)
-    args.repeats = args.repeats or (1 if quick else 3)
-    if quick:
-        args.n, args.max_new_tokens = min(args.n, 4), min(args.max_new_tokens, 4)
-    step = Step(args)
-    rewards, groups = step.rollout(Timer(args.device))  # warm-up: first calls, numba, allocator, optimizer state
-    for name in LOSSES:
-        step.update(name, step.select(args.budgets[-1], rewards, groups, Timer(args.device))[0], Timer(args.device))
-    rows = measure(step, args)
-    path = write_results(args.out, "train", rows, columns=COLUMNS)
-    for ratio in (r for r in rows if r["loss"].startswith("ratio")):
-        print(f"goal (CPU): update tokens/s fused/full >= 1.5 at q={ratio['q']}: {ratio['update_tok_s']:.2f}x "
-              f"({'yes' if ratio['update_tok_s'] >= 1.5 else 'NO'}); whole step {ratio['step_tok_s']:.2f}x")
-    plot(args.out, rows)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.prompts, args.n, args.max_new_tokens = args.prompts or 8, args.n or 4, args.max_new_tokens or 128
+        args.warmup_steps, args.budgets = args.warmup_steps or 300, args.budgets or [0.0, 1.0]
+    args.budgets, args.repeats = args.budgets or list(BUDGETS), args.repeats or (1 if args.quick else 3)
+    args.warmup_steps = args.warmup_steps or load_config(TrainConfig, preset="tiny").warmup_steps
+    init_from = args.init_from or (warm_model(args) if args.model == "tiny" else "")
+    overrides = {"prompts_per_step": args.prompts, "samples_per_prompt": args.n, "max_new_tokens": args.max_new_tokens,
+                 "generate_kv_gib": args.generate_kv_gib}
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = load_config(TrainConfig, preset=args.model, overrides={
+            **{k: v for k, v in overrides.items() if v is not None}, "init_from": init_from, "device": args.device,
+            "out": run_dir, "warmup_steps": 0, "progress": False, "tensorboard": False})
+        run = build(cfg)
+        problems = run.task.problems("train", cfg.prompts_per_step, seed=0)
+        load = os.getloadavg()[0]
+        engine_rows = measure_engines(Engines(run, problems), args)
+        for row in engine_rows:  # a shared machine: the 1-minute load average around the measurement
+            row["load_avg"] = [load, os.getloadavg()[0]]
+        path = write_results(args.out, "train_engines", engine_rows, columns=ENGINE_COLUMNS)
+        if not args.skip_step:
+            step = measure_step(run, problems, args)
+            path = write_results(args.out, "train", step, columns=STEP_COLUMNS)
+            plot(args.out, step)
+    default = next(r for r in engine_rows if r["engine"] == cfg.generate_engine)
+    print(f"goal: generation tokens/s of the default engine ({cfg.generate_engine}) >= 2x {engine_rows[0]['engine']}: "
+          f"{default['speedup']:.2f}x ({'yes' if default['speedup'] >= 2 else 'NO'})")
     return path
 
 
 def plot(out_dir, rows):
     if not plots_available():
         return
-    by_loss = {name: [r for r in rows if r["loss"] == name] for name in LOSSES}
+    by_loss = {name: [r for r in rows if r["loss"] == name] for name in ("fused", "full")}
     qs = [r["q"] for r in by_loss["fused"]]
     plot_lines(Path(out_dir) / "train_tokens.png", qs,
-               {f"{name} {key}": [r[key] for r in by_loss[name]] for name in LOSSES
-                for key in ("update_tok_s", "step_tok_s")},
-               xlabel="budget q", ylabel="tokens / s", title="train step: fused vs full-logits loss")
+               {f"{name} update_tok_s": [r["update_tok_s"] for r in by_loss[name]] for name in by_loss},
+               xlabel="budget q", ylabel="learned tokens / s", title="train step: fused vs full-logits loss")
     plot_lines(Path(out_dir) / "train_phases.png", qs,
-               {**{phase: [r[f"{phase}_ms"] for r in by_loss["fused"]] for phase in ROLLOUT_PHASES},
-                **{f"{name} {phase}": [r[f"{phase}_ms"] for r in by_loss[name]] for name in LOSSES
-                   for phase in UPDATE_PHASES}},
+               {f"{name} {phase}": [r[f"{phase}_ms"] or None for r in by_loss[name]] for name in by_loss
+                for phase in STEP_PHASES if name == "fused" or phase in ("forward_backward", "optimizer")},
                xlabel="budget q", ylabel="ms (median)", title="train step phases", logy=True)
 
 

@@ -41,7 +41,7 @@ def test_each_preset_fits_its_gpus(name):
 def test_llama8b_needs_checkpointing_and_chunked_updates():
     arch, source = architecture(_preset("llama8b").model)
     assert source == "built-in table" and arch.num_parameters == 8_030_261_248  # Meta's published count
-    for change in ({"activation_checkpointing": False}, {"update_tokens": 0}, {"generate_batch": 256}):
+    for change in ({"activation_checkpointing": False}, {"update_tokens": 0}, {"generate_kv_gib": 144.0}):
         assert not plan(_preset("llama8b", **change), gpus=8, gpu_memory_gib=80).fits, change
     assert not plan(_preset("llama8b"), gpus=8, gpu_memory_gib=40).fits
 

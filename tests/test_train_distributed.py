@@ -23,7 +23,7 @@ from ibpo_fast.train.checkpoint import SavedWeights
 from ibpo_fast.train.config import load_config
 
 SETTINGS = dict(model="tiny", levels=[1], warmup_steps=2, warmup_batch=4, warmup_lr=1e-4, steps=3, prompts_per_step=2,
-                samples_per_prompt=2, max_new_tokens=64, generate_prompts=1, accumulate_steps=2, progress=False,
+                samples_per_prompt=2, max_new_tokens=64, accumulate_steps=2, progress=False,
                 tensorboard=False)
 SHARDED = dict(activation_checkpointing=True, update_tokens=48)
 STOP = 3  # two warm-up steps and one IBPO step, then a checkpoint

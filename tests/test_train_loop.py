@@ -23,7 +23,7 @@ from ibpo_fast.train.distributed import World
 from ibpo_fast.train.policy import Policy
 
 SMALL = dict(model="tiny", warmup_steps=2, warmup_batch=4, steps=2, prompts_per_step=2, samples_per_prompt=2,
-             max_new_tokens=16, generate_prompts=1, progress=False, tensorboard=False)
+             max_new_tokens=16, progress=False, tensorboard=False)
 WORLD = World(0, 1, torch.device("cpu"))
 # Figures that depend on the computation only (not on wall time).
 DETERMINISTIC = ("step", "loss", "train_tokens", "reward_mean", "sampled_extended_share", "selected_extended_share",

@@ -6,7 +6,8 @@ from ibpo_fast._lazy import lazy_exports
 _EXPORTS = {
     **dict.fromkeys(("CONSENSUS", "FORMATS", "MAX_TRIALS", "TRIAL_CLOSE", "TRIAL_OPEN", "Parsed", "demonstration", "majority", "parse", "prompt_text", "vote"), "formats"),
     **dict.fromkeys(("Grader", "Scores"), "grader"),
-    **dict.fromkeys(("HFSampler", "Rollout", "VLLMSampler"), "sampler"),
+    **dict.fromkeys(("HFSampler", "Rollout"), "sampler"),
+    "ENGINES": "engines",
     **dict.fromkeys(("ArithmeticTask", "JsonlMathTask", "Problem", "ReasoningGymTask", "Task", "make_task"), "tasks"),
 }
 

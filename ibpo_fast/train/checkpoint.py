@@ -42,7 +42,7 @@ POLICY_PREFIX = "model."  # the `Policy` wrapper's state-dict keys are the bare 
 # Every other field changes what the run computes and must equal the saved run's.
 RESUMABLE_CHANGES = frozenset({
     "out", "resume", "stop_after", "steps", "progress", "tensorboard", "checkpoint_every", "device",
-    "generate_batch", "generate_prompts", "generate_kv_gib", "generate_engine", "update_tokens",
+    "generate_kv_gib", "generate_engine", "update_tokens",
     "activation_checkpointing", "max_row_tokens"})
 
 

@@ -52,7 +52,7 @@ def build(cfg: TrainConfig) -> Run:
                                      activation_checkpointing=cfg.activation_checkpointing)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sampler = HFSampler(model, tokenizer, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                        batch_size=cfg.generate_batch, progress=False)
+                        kv_cache_gib=cfg.generate_kv_gib, engine=cfg.generate_engine, progress=False)
     buffer = budget.SampleBuffer(cfg.accumulate_steps)
     out = run_folder.prepare(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, is_main=world.is_main)
     resuming = cfg.resume and checkpoint.exists(out)

@@ -18,6 +18,7 @@ import yaml
 
 from ibpo_fast.rollout.formats import FORMATS
 from ibpo_fast.train.config_schema import check_types, convert
+from ibpo_fast.rollout.engines import ENGINES
 
 # The presets live in the top-level configs/ of a source checkout; the package build installs a copy into
 # ibpo_fast/configs for installed packages.
@@ -67,12 +68,12 @@ class TrainConfig:
     """Generation length cap; a response that hits it is truncated and gets reward 0."""
     temperature: float = 1.0
     """Sampling temperature (the trainer's log-prob health metric uses the same one)."""
-    generate_batch: int = 128
-    """Rows per `model.generate` call."""
-    generate_prompts: int = 0
-    """Prompts per sampling call (0: all of a rank's prompts). Each call is seeded by (seed, step, first
-    global prompt), so runs whose calls cover the same prompts draw the same responses whatever the
-    number of ranks; 1 makes a 2-process run sample exactly what a 1-process run samples."""
+    generate_kv_gib: float = 2.0
+    """GiB of KV cache per rank for generation: the rows in flight are as many as fit, each of (longest
+    prompt + max_new_tokens) tokens (`models.kv_cache_bytes_per_token`). Samples do not depend on it."""
+    generate_engine: str = "decode"
+    """"decode": the lean decode loop (finished rows leave, free slots refill, shared prompt prefill);
+    "generate": transformers' `model.generate`, the reference. Both draw the same tokens."""
     q: float = 0.5
     """Budget: the share of extended responses allowed, of m · P (DESIGN.md §1). Ignored in rft / sft."""
     utility: str = "value"
@@ -145,7 +146,8 @@ class TrainConfig:
             (self.prompts_per_step >= 1 and self.samples_per_prompt >= 1, "prompts_per_step", ">= 1 (and n too)"),
             (self.warmup_batch >= 1 and self.sft_batch >= 1, "warmup_batch", ">= 1 (and sft_batch too)"),
             (self.max_new_tokens >= 1 and self.temperature > 0, "max_new_tokens", ">= 1 with temperature > 0"),
-            (self.generate_batch >= 1 and self.generate_prompts >= 0, "generate_batch", ">= 1, generate_prompts >= 0"),
+            (self.generate_kv_gib > 0, "generate_kv_gib", "> 0"),
+            (self.generate_engine in ENGINES, "generate_engine", f"one of {ENGINES}"),
             (0.0 <= self.q <= 1.0, "q", "in [0, 1]"),
             (self.utility in ("value", "reward", "margin"), "utility", '"value", "reward" or "margin"'),
             (0 <= 2 * self.explore_per_group <= self.samples_per_prompt, "explore_per_group",

@@ -60,7 +60,7 @@ def answer(model, tokenizer, task, problems, fmt: str, n: int, *, cfg: TrainConf
            temperature: float, seed: int, progress: bool = True) -> Answers:
     """Sample n responses per problem under the prompt format `fmt` and grade them."""
     sampler = HFSampler(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
-                        batch_size=cfg.generate_batch, progress=progress)
+                        kv_cache_gib=cfg.generate_kv_gib, engine=cfg.generate_engine, progress=progress)
     prompts = encode_prompts(tokenizer, [prompt_text(p, fmt, verbose=cfg.verbose_prompts) for p in problems])
     rollouts = sampler.generate(prompts, n, seed=seed)
     scores = Grader(task).score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts])

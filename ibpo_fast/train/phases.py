@@ -21,7 +21,7 @@ Documented behaviour on odd batches:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -80,20 +80,18 @@ def samples_per_format(cfg) -> dict[str, int]:
 
 
 def generate(sampler, tokenizer, problems, first, cfg, step: int) -> Drawn:
-    """The step's samples of every problem (`samples_per_format`), drawn in calls of `generate_prompts`
-    prompts, each seeded by (seed, step, its first global prompt, format)."""
+    """The step's samples of every problem (`samples_per_format`), one sampling call per format; each
+    prompt is seeded by (seed, step, its global index, format), so a sample is the same whatever the number
+    of ranks (the sampler's draws do not depend on batching)."""
     prompts = {fmt: encode_prompts(tokenizer, [prompt_text(p, fmt, verbose=cfg.verbose_prompts) for p in problems])
                for fmt in FORMATS}
-    chunk = cfg.generate_prompts or len(problems)
     rollouts, formats = [], []
-    for start in range(0, len(problems), chunk):
-        for fmt, count in samples_per_format(cfg).items():
-            if count == 0:
-                continue
-            seed = derive_seed(cfg.seed, "sample", step, first + start, fmt)
-            for r in sampler.generate(prompts[fmt][start:start + chunk], count, seed=seed):
-                rollouts.append(replace(r, prompt_index=r.prompt_index + start))
-                formats.append(FORMATS.index(fmt))
+    for fmt, count in samples_per_format(cfg).items():
+        if count == 0:
+            continue
+        seeds = [derive_seed(cfg.seed, "sample", step, first + i, fmt) for i in range(len(problems))]
+        rollouts += sampler.generate(prompts[fmt], count, seed=seeds)
+        formats += [FORMATS.index(fmt)] * (count * len(problems))
     return Drawn(rollouts, np.array(formats, np.int64), prompts)
 
 

@@ -207,8 +207,7 @@ def plan(cfg: TrainConfig, *, gpus: int, gpu_memory_gib: float, prompt_tokens: i
         autocast_copy_bytes(arch, b) if autocast else 0)
     kv_row = kv_cache_bytes_per_token(arch, cfg.torch_dtype) * sequence
     jobs = cfg.prompts_per_step // W * cfg.samples_per_prompt
-    kv_gib = getattr(cfg, "generate_kv_gib", None)  # the KV budget field of the rollout engine, once merged
-    rows = min(jobs, int(kv_gib * GIB // kv_row) if kv_gib else cfg.generate_batch)
+    rows = min(jobs, int(cfg.generate_kv_gib * GIB // kv_row))  # rows in flight, as the sampler sizes them
     kind = "checkpointed" if cfg.activation_checkpointing else "all kept"
     shape = dict(arch=arch, tokens=tokens, b=b, checkpointing=cfg.activation_checkpointing, attention="flash",
                  autocast=autocast)
