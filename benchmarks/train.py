@@ -264,7 +264,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="8 prompts x 4 samples, 128 new tokens, 300 warm-up "
                                                              "steps, 1 repeat, q in {0, 1}")
     parser.add_argument("--model", default="tiny", help="a preset with a model: tiny or smollm2")
-    parser.add_argument("--init-from", default="", help="weights (model.pt / checkpoint.pt) instead of the warm-up")
+    parser.add_argument("--init-from", default="", help="weights (model.pt, checkpoint folder or run folder) instead of the warm-up")
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="tiny: warm-up SFT steps when no --init-from (default: the preset's, 1200)")
     parser.add_argument("--prompts", type=int, default=None, help="P (default: the preset's prompts_per_step)")

@@ -109,7 +109,7 @@ def test_overwrite_deletes_the_old_runs_files_only(tmp_path, capsys):
     (tmp_path / "notes.txt").unlink()
     assert main(args) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["allocation_by_level.png", "budget_adherence.png",
-                                                           "checkpoint.pt", "metrics.jsonl", "metrics_loss.png", "model.pt",
+                                                           "checkpoint", "metrics.jsonl", "metrics_loss.png", "model.pt",
                                                            "summary.json",
                                                            "warmup.jsonl"]
     assert (tmp_path / "budget_adherence.png").read_bytes() != b"old plot"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ibpo_fast.rollout.formats import (FORMATS, HARD_LEVEL, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
-                                       last_boxed, majority, parse, prompt_text, vote, VOTE_TRIALS)
+                                       last_boxed, majority, parse, prompt_text, readings, vote, VOTE_TRIALS)
 from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, ArithmeticTask, Problem
 
 
@@ -73,15 +73,28 @@ def test_prompt_text():
         prompt_text(problem, "cot")
 
 
+def _reading_sums(problem):
+    copies, modulus = readings(problem.text)
+    return [str(sum(c) % modulus) for c in copies]
+
+
 @pytest.mark.parametrize("level", sorted(ARITHMETIC_LEVELS))
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_demonstrations_round_trip(level, fmt):
+    """Every demonstrated attempt computes its reading exactly: one attempt answers what its reading sums to,
+    the attempts of a vote read the readings in turn."""
     rng = random.Random(level)
     for problem in ArithmeticTask(levels=(level,)).problems("train", 40, seed=level):
         parsed = parse(demonstration(problem, fmt, rng))
-        assert parsed.final_answer == problem.answer and parsed.well_formed
+        sums = _reading_sums(problem)
+        assert parsed.well_formed
         voting = fmt == "sv" or (fmt == "asv" and level >= HARD_LEVEL)
-        assert (parsed.num_trials >= 3) if voting else (parsed.num_trials == 0)
+        if voting:
+            assert parsed.trial_answers == sums[:VOTE_TRIALS] and parsed.final_answer == vote(sums)
+        else:
+            assert parsed.num_trials == 0 and parsed.final_answer in sums
+        if ARITHMETIC_LEVELS[level].noise == 0:
+            assert parsed.final_answer == problem.answer
 
 
 @pytest.mark.parametrize("num_trials", range(1, MAX_TRIALS + 1))
@@ -89,34 +102,34 @@ def test_demonstration_trial_count(num_trials):
     rng = random.Random(num_trials)
     for problem in ArithmeticTask(levels=(1, 4)).problems("test", 20, seed=0):
         parsed = parse(demonstration(problem, "sv", rng, num_trials=num_trials))
-        assert parsed.num_trials == num_trials and parsed.final_answer == problem.answer and parsed.well_formed
+        sums = _reading_sums(problem)
+        assert parsed.num_trials == num_trials and parsed.well_formed
+        assert parsed.trial_answers == [sums[i % len(sums)] for i in range(num_trials)]
 
 
 def test_demonstration_has_real_steps():
     problem = Problem("u", "3+5+7+2%10", "7", 2)
     assert demonstration(problem, "regular", random.Random(0)) == "3+5=8+7=5+2=7 \\boxed{7}"
     assert demonstration(Problem("u", "3+5+7", "15", 2), "regular", random.Random(0)) == "3+5=8+7=15 \\boxed{15}"
-    # Voting attempt i starts from term i and goes around: no two attempts share their steps.
+    # One reading: voting attempt i starts from term i and goes around, so no two share their steps.
     assert demonstration(problem, "sv", random.Random(0)) == "".join(
         f"{O}{steps} \\boxed{{7}}{C}" for steps in ("3+5=8+7=5+2=7", "5+7=2+2=4+3=7", "7+2=9+3=2+5=7",
                                                       "2+3=5+5=0+7=7", "3+5=8+7=5+2=7"))
     text = demonstration(Problem("u", "47+85", "132", 2), "regular", random.Random(0))
     assert text == "7+5=12,4+8+1=13 \\boxed{132}"
-
-
-def test_demonstrations_without_noise_are_right_in_every_attempt():
-    rng = random.Random(0)
-    for problem in ArithmeticTask(levels=tuple(ARITHMETIC_LEVELS)).problems("train", 200, seed=0):
-        assert parse(demonstration(problem, "sv", rng)).trial_answers == [problem.answer] * VOTE_TRIALS
-        assert parse(demonstration(problem, "sv", rng, num_trials=2)).trial_answers == [problem.answer] * 2
-        assert parse(demonstration(problem, "regular", rng)).final_answer == problem.answer
+    # Several readings: an attempt copies the reading it sums; a vote reads them in turn.
+    noisy = Problem("u", "#1:3+1+0 #2:3+1+1 #3:3+1+0 %10", "4", 3)
+    assert demonstration(noisy, "sv", random.Random(0), num_trials=3) == (
+        f"{O}#1:3+1+0 3+1=4+0=4 \\boxed{{4}}{C}{O}#2:3+1+1 3+1=4+1=5 \\boxed{{5}}{C}"
+        f"{O}#3:3+1+0 3+1=4+0=4 \\boxed{{4}}{C}")
+    assert {demonstration(noisy, "regular", random.Random(seed))[:2] for seed in range(30)} == {"#1", "#2", "#3"}
 
 
 def test_demonstration_generic_problem_and_errors():
     problem = Problem("u", "What is x if 2x=1?", "\\frac{1}{2}", 0)
     assert parse(demonstration(problem, "sv", random.Random(0), num_trials=3)).final_answer == "\\frac{1}{2}"
-    with pytest.raises(ValueError, match="problem"):  # slips need steps to slip in
-        demonstration(problem, "sv", random.Random(0), error_rate=0.99)
+    assert readings(problem.text) is None and readings("#1:1+2 #2:3+4 %7") == ([[1, 2], [3, 4]], 7)
+    assert readings("#1:1+2 #3:3+4 %7") is None and readings("3+4") == ([[3, 4]], None)
     with pytest.raises(ValueError, match="num_trials"):
         demonstration(Problem("u", "1+2", "3", 1), "sv", random.Random(0), num_trials=9)
 
@@ -125,19 +138,15 @@ def test_last_boxed_nested():
     assert last_boxed("\\boxed{{a}{b}}") == "{a}{b}" and last_boxed("x") is None
 
 
-def test_demonstrated_attempts_slip_at_the_error_rate_independently():
-    problem = Problem("u", "3+1+0+1+1+0+1+1%10", "8", 3)
+def test_a_vote_over_the_readings_is_right_more_often_than_one_attempt():
+    """The hard level's readings are noisy (`ArithmeticTask`): one demonstrated attempt is as right as its
+    reading, the vote over all readings is right more often."""
     rng = random.Random(0)
-    regular = [parse(demonstration(problem, "regular", rng, error_rate=0.4)).final_answer for _ in range(2000)]
-    votes = [parse(demonstration(problem, "sv", rng, error_rate=0.4)) for _ in range(2000)]
-    attempts = [a for v in votes for a in v.trial_answers]
-    assert all(v.num_trials == VOTE_TRIALS and v.well_formed for v in votes)
-    assert abs(np.mean([a == "8" for a in regular]) - 0.6) < 0.03 and abs(np.mean([a == "8" for a in attempts]) - 0.6) < 0.02
-    assert len({a for a in attempts if a != "8"}) == 5  # slips of -2..+3: the wrong answers spread out
-    assert np.mean([v.final_answer == "8" for v in votes]) > 0.8  # the vote corrects most slips (0.84)
-    assert demonstration(problem, "sv", random.Random(0)) == demonstration(problem, "sv", random.Random(0), error_rate=0.0)
-    with pytest.raises(ValueError, match="error_rate"):
-        demonstration(problem, "sv", rng, error_rate=1.0)
+    problems = ArithmeticTask(levels=(3,)).problems("train", 2000, seed=0)
+    single = np.mean([parse(demonstration(p, "regular", rng)).final_answer == p.answer for p in problems])
+    voted = np.mean([parse(demonstration(p, "sv", rng)).final_answer == p.answer for p in problems])
+    noise = ARITHMETIC_LEVELS[3].noise
+    assert abs(single - (1 - noise)) < 0.03 and voted > single + 0.15
 
 
 def test_majority_is_the_plurality_and_vote_stops_at_consensus():

@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 
-from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN, demonstration
+from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN, demonstration, parse, readings
 from ibpo_fast.rollout.grader import Grader
-from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, ArithmeticTask, JsonlMathTask, Problem, ReasoningGymTask, math_equal
+from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, READINGS, ArithmeticTask, JsonlMathTask, Problem, ReasoningGymTask, math_equal
 
 
 def test_arithmetic_deterministic_and_split():
@@ -16,11 +16,32 @@ def test_arithmetic_deterministic_and_split():
     assert a == b and a != task.problems("train", 50, seed=4) and a != task.problems("test", 50, seed=3)
     assert {p.level for p in a} == {1, 2, 3, 4} and len({p.uid for p in a}) == 50
     for p in a:
-        terms, modulus = p.text.split("%")
-        assert str(sum(map(int, terms.split("+"))) % int(modulus)) == p.answer
-        assert len(terms.split("+")) == ARITHMETIC_LEVELS[p.level].num_terms and max(map(len, terms.split("+"))) == 1
+        copies, modulus = readings(p.text)
+        assert len(copies) == READINGS and all(len(c) == ARITHMETIC_LEVELS[p.level].num_terms for c in copies)
+        assert all(t in range(10) for t in copies[0]) and all(t in (0, 1) for c in copies for t in c[1:])
+        # a reading differs from the truth in at most one flipped increment: its sum is off by at most 1
+        assert all((sum(c) - int(p.answer)) % int(modulus) in (0, 1, 9) for c in copies)
         assert task.is_correct(p, f" {p.answer} ") and not task.is_correct(p, None)
         assert not task.is_correct(p, p.answer + "1")
+
+
+def test_arithmetic_readings_are_noisy_at_the_level_rate():
+    task = ArithmeticTask(levels=(1, 2, 3, 4))
+    wrong = {level: [] for level in ARITHMETIC_LEVELS}
+    for p in task.problems("train", 4000, seed=0):
+        wrong[p.level] += [str(sum(c) % 10) != p.answer for c in readings(p.text)[0]]
+    for level, flags in wrong.items():
+        assert abs(np.mean(flags) - ARITHMETIC_LEVELS[level].noise) < 0.02, level
+
+
+def test_arithmetic_readings_list_the_increments_in_their_own_orders():
+    """No per-position majority over the readings can stand in for a vote: the orders differ."""
+    for p in ArithmeticTask(levels=(4,)).problems("train", 200, seed=0):
+        copies = readings(p.text)[0]
+        assert len({c[0] for c in copies}) == 1  # the start digit stays first
+    orders_differ = [len({tuple(c) for c in readings(p.text)[0]}) > 1
+                     for p in ArithmeticTask(levels=(4,)).problems("train", 200, seed=1)]
+    assert np.mean(orders_differ) > 0.9
 
 
 def test_arithmetic_bad_arguments():
@@ -70,7 +91,9 @@ def test_grader_scores_demonstrations():
     texts[0] = "\\boxed{-1}"
     scores = Grader(task).score(problems, texts)
     assert scores.reward.dtype == np.float32 and scores.num_trials.dtype == np.int64
-    assert scores.reward.tolist() == [0.0] + [1.0] * 29 and scores.well_formed.all() and len(scores) == 30
+    expected = [float(parse(t).final_answer == p.answer) for p, t in zip(problems, texts)]
+    assert scores.reward.tolist() == expected and expected[0] == 0.0 and sum(expected) >= 20
+    assert scores.well_formed.all() and len(scores) == 30
     with pytest.raises(ValueError, match="response_texts"):
         Grader(task).score(problems, texts[:-1])
 

@@ -9,7 +9,7 @@ from ibpo_fast.train import run_folder
 def _fill(folder, names):
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        (folder / name).mkdir() if name == "tb" else (folder / name).write_text(name)
+        (folder / name).mkdir() if name == "tb" or name.startswith("checkpoint") else (folder / name).write_text(name)
 
 
 def test_a_new_or_empty_folder_is_used(tmp_path):
@@ -19,8 +19,8 @@ def test_a_new_or_empty_folder_is_used(tmp_path):
 
 
 def test_a_folder_with_a_run_needs_resume_or_overwrite(tmp_path):
-    _fill(tmp_path, ["metrics.jsonl", "warmup.jsonl", "checkpoint.pt", "model.pt", "eval.json", "budget_adherence.png"])
-    with pytest.raises(InputError, match=r"not empty \(it holds budget_adherence.png, checkpoint.pt, eval.json, "
+    _fill(tmp_path, ["metrics.jsonl", "warmup.jsonl", "checkpoint", "model.pt", "eval.json", "budget_adherence.png"])
+    with pytest.raises(InputError, match=r"not empty \(it holds budget_adherence.png, checkpoint, eval.json, "
                                          r"metrics.jsonl and 2 more\); pass --resume=true .* --overwrite=true"):
         run_folder.check(tmp_path, resume=False, overwrite=False)
     run_folder.check(tmp_path, resume=True, overwrite=False)
@@ -28,7 +28,8 @@ def test_a_folder_with_a_run_needs_resume_or_overwrite(tmp_path):
 
 
 def test_overwrite_deletes_the_runs_files(tmp_path):
-    _fill(tmp_path, ["metrics.jsonl", "model.pt", "model.tmp", "eval_sv.json", "tb", "warmup_loss.png"])
+    _fill(tmp_path, ["metrics.jsonl", "model.pt", "model.tmp", "eval_sv.json", "tb", "warmup_loss.png", "checkpoint",
+                     "checkpoint.old", "checkpoint.tmp"])
     (tmp_path / "tb" / "events").write_text("x")
     assert run_folder.foreign_entries(tmp_path) == []
     run_folder.prepare(tmp_path, resume=False, overwrite=True)

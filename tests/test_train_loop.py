@@ -197,41 +197,51 @@ def test_any_seed_runs(tmp_path):
     assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == [0]
 
 
-def test_exploration_samples_are_trained_under_the_adaptive_prompt():
+def test_exploration_samples_are_trained_under_the_adaptive_prompt_and_anchored_under_their_own():
     """A response drawn under a forced prompt is trained as an answer to the adaptive prompt: its training
     pair holds the adaptive prompt's ids, the update's log-prob of it is the trainer's under that prompt, and
-    the sampler-vs-trainer metric leaves it out (it was drawn under another prompt). With anchoring it is
-    also trained under the forced prompt of its group."""
+    the sampler-vs-trainer metric leaves it out (it was drawn under another prompt). A correct one is also
+    trained under the forced prompt that drew it (anchoring), a wrong one is not."""
     tokenizer = char_tokenizer()
     torch.manual_seed(0)
     policy = Policy(tiny_model(len(tokenizer), seed=0))
     problem = Problem("p", "1+0%10", "1", 1)
     prompts = {fmt: encode_prompts(tokenizer, [prompt_text(problem, fmt)]) for fmt in FORMATS}
-    response = "1+0=1 \\boxed{1}"
-    ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    rollouts = [Rollout(0, prompts[fmt][0], ids, response, np.full(len(ids), -0.5, np.float32), False)
-                for fmt in ("regular", "asv")]
-    drawn = phases.Drawn(rollouts, np.array([FORMATS.index("regular"), phases.ADAPTIVE]), prompts)
+    responses = ["1+0=1 \\boxed{1}", "1+0=1 \\boxed{1}", "[TRIAL]1+0=2 \\boxed{2}[/TRIAL]" * 5]
+    ids = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in responses]
+    formats = ["regular", "asv", "sv"]
+    rollouts = [Rollout(0, prompts[fmt][0], i, r, np.full(len(i), -0.5, np.float32), False)
+                for fmt, i, r in zip(formats, ids, responses)]
+    drawn = phases.Drawn(rollouts, np.array([FORMATS.index(f) for f in formats]), prompts)
     samples = phases.grade(ArithmeticTask(), [problem], drawn, first=0)
     phases.assign_groups(samples, extended_trials=2)
-    assert [pair[0] for pair in samples.pairs] == [prompts["asv"][0]] * 2
-    assert np.isnan(samples.sampler_logp[0]) and samples.sampler_logp[1] == pytest.approx(-0.5 * len(ids))
-    samples.weight = np.array([1.0, 0.0])
-    expected = pack([(prompts["asv"][0], ids)])
+    assert samples.reward.tolist() == [1, 1, 0] and samples.group.tolist() == [0, 0, 1]
+    assert [pair[0] for pair in samples.pairs] == [prompts["asv"][0]] * 3
+    assert np.isnan(samples.sampler_logp[0]) and samples.sampler_logp[1] == pytest.approx(-0.5 * len(ids[1]))
     with torch.no_grad():
-        logp_adaptive = policy(expected, torch.zeros(1))[0]
+        logp_adaptive = policy(pack([(prompts["asv"][0], ids[0])]), torch.zeros(1))[0]
     for anchor in (False, True):
-        pairs, owners = phases.training_pairs(samples, np.array([0]), anchor)
-        assert pairs[0] == (prompts["asv"][0], ids) and owners.tolist() == [0] * (1 + anchor)
-        if anchor:
-            assert pairs[1] == (prompts["regular"][0], ids)  # group 0: the forced regular prompt
+        gathered, _ = phases.select(WORLD, samples, budget.SampleBuffer(1), TrainConfig(anchor_forced=anchor))
+        assert samples.weight.tolist() == [1, 0, 0]  # equal utilities: the lower index, the forced sample
+        pairs, owners, weights = phases.training_pairs(samples)
+        assert pairs[0] == (prompts["asv"][0], ids[0]) and owners.tolist() == [0] * (1 + anchor)
+        if anchor:  # the correct forced-regular sample, under its own prompt; the wrong voting one is left out
+            assert pairs[1] == (prompts["regular"][0], ids[0]) and weights.tolist() == [1.0, 1.0]
         figures = phases.update(policy, samples, samples.weight, samples.response_tokens(), WORLD, TrainConfig(),
-                                anchor=anchor)
+                                gathered["anchor"])
         assert not figures["skipped"] and figures["tokens"] == 0.0  # no directly sampled row selected
         policy.zero_grad()
     with torch.no_grad():
-        seq_logp, _ = policy(pack(phases.training_pairs(samples, np.array([0]), False)[0]), torch.ones(1))
+        seq_logp, _ = policy(pack(phases.training_pairs(samples)[0][:1]), torch.ones(1))
     assert seq_logp[0].item() == pytest.approx(logp_adaptive[0].item(), abs=1e-5)
+
+
+def test_only_correct_exploration_samples_in_their_prompts_format_anchor():
+    regular, sv, asv = (FORMATS.index(f) for f in ("regular", "sv", "asv"))
+    sampled = np.array([regular, regular, sv, sv, sv, asv, regular])
+    group = np.array([0, 1, 1, 0, 1, 0, 0])  # a voting answer to the regular prompt; a single one to sv
+    reward = np.array([1, 1, 1, 1, 0, 1, 0])
+    assert phases.anchored(sampled, group, reward).tolist() == [True, False, True, False, False, False, False]
 
 
 def test_samples_per_format_and_generate_draw_under_each_prompt():
@@ -242,7 +252,7 @@ def test_samples_per_format_and_generate_draw_under_each_prompt():
         TrainConfig(samples_per_prompt=3, explore_per_group=2)
     tokenizer = char_tokenizer()
     model = tiny_model(len(tokenizer), seed=0)
-    sampler = HFSampler(model, tokenizer, max_new_tokens=4, batch_size=16, progress=False)
+    sampler = HFSampler(model, tokenizer, max_new_tokens=4, kv_cache_gib=0.01, progress=False)
     problems = ArithmeticTask().problems("train", 3, seed=0)
     drawn = phases.generate(sampler, tokenizer, problems, 0, TrainConfig(**{**SMALL, "samples_per_prompt": 4}), step=0)
     assert np.bincount(drawn.formats, minlength=3).tolist() == [3, 3, 6]  # regular, sv, asv

@@ -43,8 +43,8 @@ class SlotCache:
         """Decode: key/value [B, H_kv, 1, D] of rows 0 .. B - 1, written at column `lengths[row]`."""
         rows = key.shape[0]
         slot, at = torch.arange(rows, device=key.device), self.lengths[:rows]
-        self.keys[layer_idx][slot, :, at] = key[:, :, 0]
-        self.values[layer_idx][slot, :, at] = value[:, :, 0]
+        self.keys[layer_idx][slot, :, at] = key[:, :, 0].to(self.keys[layer_idx].dtype)
+        self.values[layer_idx][slot, :, at] = value[:, :, 0].to(self.values[layer_idx].dtype)
         return self.keys[layer_idx][:rows, :, :self.width], self.values[layer_idx][:rows, :, :self.width]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -107,17 +107,22 @@ class DecodeLoop:
     def __init__(self, model, *, num_slots: int, max_new_tokens: int, eos_ids: set[int], draw: Draw, pad_id: int):
         self.model, self.num_slots, self.max_new_tokens = model, num_slots, max_new_tokens
         self.eos_ids, self.draw, self.pad_id = eos_ids, draw, pad_id
+        self.dtype = model.dtype
 
     @torch.no_grad()
     def run(self, jobs: list[Job], progress=None) -> None:
         """Fills each job's tokens and logprobs in place; `progress(k)` is told of k finished jobs."""
+        device_type = self.model.device.type
+        # Under autocast (bf16 compute over f32 master weights) the projections come out in the autocast
+        # dtype: the cache holds that (rotary embeddings may hand f32 keys back: cast on write).
+        self.dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else self.model.dtype
         with _mask_capable_attention(self.model):
             self._run(jobs, progress)
 
     def _run(self, jobs: list[Job], progress) -> None:
         num_slots = min(self.num_slots, len(jobs))
         capacity = max(len(job.prompt) for job in jobs) + self.max_new_tokens
-        cache = SlotCache(*self._geometry(num_slots, capacity), dtype=self.model.dtype, device=self.model.device)
+        cache = SlotCache(*self._geometry(num_slots, capacity), dtype=self.dtype, device=self.model.device)
         slot_job: list[int] = []  # job index of each active slot
         pending, last = 0, torch.empty(0, dtype=torch.int64, device=self.model.device)  # [A] last tokens
         while pending < len(jobs) or slot_job:
@@ -159,7 +164,7 @@ class DecodeLoop:
             slots = torch.tensor([first_slot + k for k, w in enumerate(which) if w == u], device=device)
             for store, new in ((cache.keys, capture.keys), (cache.values, capture.values)):
                 for layer in range(len(store)):
-                    store[layer][slots, :, :width - pad] = new[layer][u:u + 1, :, pad:]
+                    store[layer][slots, :, :width - pad] = new[layer][u:u + 1, :, pad:].to(store[layer].dtype)
         lengths = torch.tensor([len(prompts[w]) for w in which], device=device)
         cache.lengths[first_slot:first_slot + len(admitted)] = lengths
         return self._record(jobs, admitted, logits[torch.tensor(which, device=device)])
@@ -198,8 +203,8 @@ class DecodeLoop:
 
     def _additive(self, mask: torch.Tensor) -> torch.Tensor:
         """A bool mask (True = attend) as the additive float mask that eager and sdpa attention both take."""
-        return torch.zeros(mask.shape, dtype=self.model.dtype, device=mask.device).masked_fill_(
-            ~mask, torch.finfo(self.model.dtype).min)
+        return torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(
+            ~mask, torch.finfo(self.dtype).min)
 
     def _record(self, jobs: list[Job], rows: list[int], logits: torch.Tensor) -> torch.Tensor:
         """Draw one token per row of `logits` for jobs `rows`; append it and its log-prob to each job."""

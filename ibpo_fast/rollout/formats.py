@@ -4,11 +4,12 @@
 - `sv` (sequential voting): attempts `[TRIAL] ... \\boxed{a} [/TRIAL]` (at most 8 count); the final answer
   is the first to be seen 3 times (consensus), else the most frequent one (ties go to the one seen first).
   Nothing follows the last trial: the vote is computed, not written, so a response is graded by what its
-  trials say. The demonstrations make `VOTE_TRIALS` attempts, each starting from another term of the sum:
-  the tiny model did not learn to stop once three answers agree (demonstrations that vote on until then
-  gave a stop probability that followed the trial count, not the agreement: measured), and attempts that
-  repeat the same order were copies of each other (the first and third attempt identical in 67% of
-  responses against 12% for two independent answers: measured), so their votes were not independent.
+  trials say. The demonstrations make `VOTE_TRIALS` attempts, each on another reading of the problem (or
+  from another term): the tiny model did not learn to stop once three answers agree (demonstrations that
+  vote on until then gave a stop probability that followed the trial count, not the agreement: measured),
+  and attempts that repeat the same steps were copies of each other (the first and third attempt identical
+  in 67% of responses against 12% for two independent answers: measured), so their votes were not
+  independent.
 - `asv` (adaptive): the regular format on easy problems, sequential voting on hard ones; the model
   chooses. It is the prompt IBPO trains with.
 
@@ -147,84 +148,82 @@ def parse(response_text: str) -> Parsed:
 
 # --- demonstrations (the warm-up SFT data) ----------------------------------------------------------
 
-def _column_steps(operands: list[int], rng: random.Random | None) -> tuple[str, str]:
-    """Digit-by-digit column addition, right to left, carry added last: "7+5=12,4+8+1=13" and the
-    sum. With `rng`, one column's sum is off by one and the rest follows from it (a plausible slip)."""
+def _column_steps(operands: list[int]) -> tuple[str, str]:
+    """Digit-by-digit column addition, right to left, carry added last: "7+5=12,4+8+1=13" and the sum."""
     digits = [str(x)[::-1] for x in operands]
     num_columns = max(map(len, digits))
-    slip_column = rng.randrange(num_columns) if rng else -1
     steps, sum_digits, carry = [], [], 0
     for col in range(num_columns):
         terms = [d[col] for d in digits if col < len(d)] + ([str(carry)] if carry else [])
         total = sum(map(int, terms))
-        if col == slip_column:  # a nonzero change, so the slip changes the answer
-            total += rng.choice([d for d in (-2, -1, 1, 2, 3) if total + d >= 0])
         steps.append(f"{'+'.join(terms)}={total}")
         carry = total // 10
         sum_digits.append(str(total % 10) if col < num_columns - 1 else str(total)[::-1])
     return ",".join(steps), "".join(sum_digits)[::-1]
 
 
-def _running_sums(operands: list[int], modulus: int | None, rng: random.Random | None) -> tuple[str, str]:
+def _running_sums(operands: list[int], modulus: int | None) -> tuple[str, str]:
     """Running sums, each reduced mod `modulus` when given, every step written with the term it adds:
     "3+5+7+2%10" -> "3+5=8+7=5+2=7" and the answer 7, so each sum depends only on the two numbers just
-    before it. With `rng`, one partial sum is off by a little and the later ones follow from it (a
-    plausible slip)."""
-    terms = operands[1:]
+    before it."""
     total, steps = operands[0], [str(operands[0])]
-    slip_step = rng.randrange(len(terms)) if rng else -1
-    for step, term in enumerate(terms):
-        total += term
-        if step == slip_step:  # 5 distinct nonzero changes: the wrong answers of slips spread out
-            total += rng.choice([d for d in (-2, -1, 1, 2, 3) if total + d >= 0])
-        if modulus:
-            total %= modulus
+    for term in operands[1:]:
+        total = total + term if modulus is None else (total + term) % modulus
         steps.append(f"+{term}={total}")
     return "".join(steps), str(total)
 
 
-def _attempt(problem: Problem, rng: random.Random | None, start: int = 0) -> str:
-    """One attempt ending in a boxed answer; with `rng`, a wrong one. Sums of digits ("3+5+7", or mod m:
-    "3+5+7%10") get running sums, sums of larger numbers column steps, both from the operand `start`
-    (mod their number) on and around ("3+5+7" from 1: "5+7=12+3=15"); other problems (no steps known) just
-    state the answer."""
-    match = re.fullmatch(r"(\d+(?:\+\d+)+)(?:%(\d+))?", problem.text)
-    if match:
-        operands = [int(x) for x in match[1].split("+")]
-        start %= len(operands)
-        operands = operands[start:] + operands[:start]
-        modulus = int(match[2]) if match[2] else None
-        if modulus or max(operands) < 10:
-            steps, answer = _running_sums(operands, modulus, rng)
-        else:
-            steps, answer = _column_steps(operands, rng)
-        return f"{steps} \\boxed{{{answer}}}"
-    if rng is not None:
-        raise ValueError(f"problem: wrong attempts need an arithmetic problem, got {problem.text!r}")
-    return f"The answer is \\boxed{{{problem.answer}}}"
+_SUM = r"\d+(?:\+\d+)+"
 
 
-def _voting_demo(problem: Problem, rng: random.Random, num_trials: int, error_rate: float) -> str:
-    if not 1 <= num_trials <= MAX_TRIALS:
-        raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
-    # Attempt i starts from term i: no attempt can copy another one's steps.
-    return "".join(f"{TRIAL_OPEN}{_noisy_attempt(problem, rng, error_rate, start=i)}{TRIAL_CLOSE}"
-                   for i in range(num_trials))
+def readings(text: str) -> tuple[list[list[int]], int | None] | None:
+    """The readings of a sum problem as operand lists, and its modulus: "3+5+7%10" has one reading;
+    "#1:7+1+0 #2:7+1+1 %10" two, numbered from 1. None for a problem that is not a sum."""
+    single = re.fullmatch(rf"({_SUM})(?:%(\d+))?", text)
+    if single:
+        return [[int(x) for x in single[1].split("+")]], int(single[2]) if single[2] else None
+    several = re.fullmatch(rf"((?:#\d+:{_SUM} )+)%(\d+)", text)
+    if not several:
+        return None
+    parts = several[1].split()
+    if [part.split(":")[0] for part in parts] != [f"#{k}" for k in range(1, len(parts) + 1)]:
+        return None
+    return [[int(x) for x in part.split(":")[1].split("+")] for part in parts], int(several[2])
 
 
-def _noisy_attempt(problem: Problem, rng: random.Random, error_rate: float, start: int = 0) -> str:
-    return _attempt(problem, rng if error_rate and rng.random() < error_rate else None, start)
+def _attempt(problem: Problem, reading: int = 0, start: int = 0) -> str:
+    """One attempt ending in a boxed answer. A sum ("3+5+7", or mod m: "3+5+7%10") gets running sums (sums of
+    larger numbers column steps) of its reading `reading`, from the operand `start` on and around ("3+5+7"
+    from 1: "5+7=12+3=15"); of several readings, the attempt first copies the one it sums, label included
+    ("#2:7+1+1 7+1=8+1=9 ..."): a copy after a label is a lookup the tiny model learns, while summing the
+    k-th of several unlabelled readings in place was right in only half the attempts (measured). Other
+    problems (no steps known) just state the answer."""
+    parsed = readings(problem.text)
+    if parsed is None:
+        return f"The answer is \\boxed{{{problem.answer}}}"
+    copies, modulus = parsed
+    operands = copies[reading % len(copies)]
+    start %= len(operands)
+    operands = operands[start:] + operands[:start]
+    steps, answer = _running_sums(operands, modulus) if modulus or max(operands) < 10 else _column_steps(operands)
+    number = reading % len(copies) + 1
+    label = f"#{number}:{'+'.join(map(str, copies[number - 1]))} " if len(copies) > 1 else ""
+    return f"{label}{steps} \\boxed{{{answer}}}"
 
 
-def demonstration(problem: Problem, fmt: str, rng: random.Random, *, error_rate: float = 0.0,
-                  num_trials: int = VOTE_TRIALS, hard_level: int = HARD_LEVEL) -> str:
-    """A response in format `fmt` for warm-up SFT: one attempt, or `num_trials` attempts of a vote (attempt i
-    starting from term i), each holding a slip with probability `error_rate` (the task's per-level noise,
-    `Task.attempt_error_rate`): a vote's answer is then right more often than one attempt's. `asv` votes
-    from `hard_level` up and answers once below it."""
+def demonstration(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int = VOTE_TRIALS,
+                  hard_level: int = HARD_LEVEL) -> str:
+    """A response in format `fmt` for warm-up SFT, each attempt computed exactly. One attempt reads one
+    reading of the problem, drawn by `rng`; the `num_trials` attempts of a vote read the readings in turn
+    (attempt i: reading i mod R, from term i div R), so no attempt repeats another's steps. When a problem's
+    readings hold noise (`ArithmeticTask`), one attempt is as right as its reading, and the vote over the
+    readings is right more often. `asv` votes from `hard_level` up and answers once below it."""
     _check_format(fmt)
-    if not 0 <= error_rate < 1:
-        raise ValueError(f"error_rate must be in [0, 1), got {error_rate}")
+    parsed = readings(problem.text)
+    num_readings = len(parsed[0]) if parsed else 1
     if fmt == "sv" or (fmt == "asv" and problem.level >= hard_level):
-        return _voting_demo(problem, rng, num_trials, error_rate)
-    return _noisy_attempt(problem, rng, error_rate)
+        if not 1 <= num_trials <= MAX_TRIALS:
+            raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
+        return "".join(f"{TRIAL_OPEN}{_attempt(problem, i % num_readings, i // num_readings)}{TRIAL_CLOSE}"
+                       for i in range(num_trials))
+    return _attempt(problem, rng.randrange(num_readings))

@@ -37,8 +37,6 @@ class Task(Protocol):
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         """Whether `answer` (a final answer extracted from a response; None = none) solves `problem`."""
 
-    def attempt_error_rate(self, problem: Problem) -> float:
-        """Share of the demonstrated attempts of `problem` that hold a slip (warm-up / SFT data)."""
 
 
 def _check_request(split: str, n: int) -> None:
@@ -56,25 +54,46 @@ def normalize_answer(answer: str) -> str:
 @dataclass(frozen=True)
 class ArithmeticLevel:
     num_terms: int  # a start digit plus num_terms - 1 increments from STEP_TERMS
-    error_rate: float  # share of demonstrated attempts at this level that hold a slip (learned, on purpose)
+    noise: float  # probability that a reading of the problem has one increment flipped
 
 
-# A problem is a start digit plus increments drawn from `STEP_TERMS`, and the answer is the sum mod `MODULUS`
-# (its last digit): "7+1+0+1%10" -> chain of thought "7+1=8+0=8+1=9", answer 9. A harder level is a longer
-# chain whose demonstrated attempts slip at a rate the model cannot predict: a slip falls on a random step,
-# so a trained attempt is wrong at about that rate whatever it does, its wrong answers spread over several
-# values, and a vote over independent attempts (each from another term) recovers the right one. Measured
-# on the tiny model, what capacity alone gives is not that: chains of 0/1 increments are learned up to ~10
-# terms and fail beyond (12 terms: 0.29-0.42 right with the wrong answers next to the right one, votes gain
-# nothing), chains of digits up to ~8 and fail at 10 (0.08); in between the outcome depends on the seed.
+# A problem is a start digit plus increments drawn from `STEP_TERMS`; the answer is the sum mod `MODULUS`
+# (its last digit). It is shown as `READINGS` numbered readings of its terms, each noisy and in its own
+# order: with the level's probability one increment of a reading is flipped (0 <-> 1), and each reading
+# lists the increments shuffled (the start digit stays first; the sum does not depend on the order).
+# "#1:7+1+0+1 #2:7+1+1+1 #3:7+0+1+1 #4:7+1+1+0 #5:7+0+0+1 %10" (answer 9) has two of five readings wrong.
+# One attempt copies and sums one reading ("#2:7+1+1+1 7+1=8+1=9+1=0 \\boxed{0}"), so it is as right as
+# that reading; a vote sums every reading once and the plurality is right more often. That is the noise a
+# per-attempt error needs (DESIGN §1: an error one attempt cannot train away, while independent attempts
+# vote it right). Why each part, measured on the tiny model (warm-up, then 30 RL steps at q = 0):
+# - what its capacity alone gives is not that: chains of 0/1 increments are learned to ~10 terms and fail
+#   beyond, chains of digits to ~8 and fail at 10, and near those lengths the outcome depends on the seed
+#   (12 terms of 0/1: 0.29 to 0.92 right in one attempt over runs); slips demonstrated inside attempts were
+#   unlearned by RL (level 3: 0.59 to 0.98 right in one attempt);
+# - readings in one order let a single attempt learn a per-position majority over them: with 3 readings
+#   the single answer rose from 0.64 to 0.83 right under RL, above the 0.70 one reading allows;
+# - votes of 5 attempts over readings of 6 terms failed (later attempts copy worse: right copies 0.94 to
+#   0.20 from the first attempt to the fifth), so the readings are short.
 ARITHMETIC_LEVELS: dict[int, ArithmeticLevel] = {
-    1: ArithmeticLevel(2, 0.0), 2: ArithmeticLevel(4, 0.15), 3: ArithmeticLevel(8, 0.4), 4: ArithmeticLevel(12, 0.4)}
+    1: ArithmeticLevel(2, 0.0), 2: ArithmeticLevel(3, 0.2), 3: ArithmeticLevel(4, 0.35), 4: ArithmeticLevel(6, 0.4)}
 MODULUS = 10
 STEP_TERMS = (0, 1)
+READINGS = 5
+
+
+def _reading(terms: list[int], noise: float, rng: random.Random) -> list[int]:
+    """One noisy reading: with probability `noise` one increment flipped, then the increments shuffled."""
+    increments = terms[1:]
+    if rng.random() < noise:
+        flipped = rng.randrange(len(increments))
+        increments[flipped] = 1 - increments[flipped]
+    rng.shuffle(increments)
+    return [terms[0], *increments]
 
 
 class ArithmeticTask:
-    """Running sums mod 10, e.g. level 2: "7+1+0+1%10" (answer "9"). Train and test draw from separate
+    """Running sums mod 10 shown as noisy readings (see `ARITHMETIC_LEVELS`), e.g. level 2:
+    "#1:7+1+0 #2:7+0+1 #3:7+1+1 #4:7+1+0 #5:7+0+1 %10" (answer "8"). Train and test draw from separate
     random streams (the small levels have few distinct problems, so the two splits overlap there)."""
 
     def __init__(self, levels: tuple[int, ...] = (1, 2, 3)):
@@ -88,16 +107,15 @@ class ArithmeticTask:
         out = []
         for i in range(n):
             level = rng.choice(self.levels)
-            terms = [rng.randint(0, 9)] + [rng.choice(STEP_TERMS) for _ in range(ARITHMETIC_LEVELS[level].num_terms - 1)]
-            text = "+".join(map(str, terms)) + f"%{MODULUS}"
+            spec = ARITHMETIC_LEVELS[level]
+            terms = [rng.randint(0, 9)] + [rng.choice(STEP_TERMS) for _ in range(spec.num_terms - 1)]
+            shown = [_reading(terms, spec.noise, rng) for _ in range(READINGS)]
+            text = "".join(f"#{k}:{'+'.join(map(str, reading))} " for k, reading in enumerate(shown, 1)) + f"%{MODULUS}"
             out.append(Problem(f"arith/{split}/{seed}/{i}", text, str(sum(terms) % MODULUS), level))
         return out
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answer is not None and normalize_answer(answer) == normalize_answer(problem.answer)
-
-    def attempt_error_rate(self, problem: Problem) -> float:
-        return ARITHMETIC_LEVELS[problem.level].error_rate
 
 
 class ReasoningGymTask:
@@ -132,9 +150,6 @@ class ReasoningGymTask:
             self._entries[uid] = (dataset, entry)
             out.append(Problem(uid, entry["question"], str(entry["answer"]), level))
         return out
-
-    def attempt_error_rate(self, problem: Problem) -> float:
-        return 0.0  # its demonstrations state the answer, without steps to slip in
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         if answer is None:
@@ -182,9 +197,6 @@ class JsonlMathTask:
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answer is not None and math_equal(problem.answer, answer)
-
-    def attempt_error_rate(self, problem: Problem) -> float:
-        return 0.0  # its demonstrations state the answer, without steps to slip in
 
 
 def _jsonl_problem(line: str, where: str, default_id: str) -> Problem:

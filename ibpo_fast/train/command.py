@@ -84,7 +84,10 @@ def plan_main(argv: list[str] | None = None, prog: str = "ibpo-fast plan") -> in
         parser.error(str(e))
     from ibpo_fast.train.plan import plan  # torch from here on
 
-    print(plan(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib, prompt_tokens=args.prompt_tokens).format())
+    try:
+        print(plan(cfg, gpus=args.gpus, gpu_memory_gib=args.gpu_memory_gib, prompt_tokens=args.prompt_tokens).format())
+    except ValueError as e:
+        parser.error(str(e))
     return 0
 
 

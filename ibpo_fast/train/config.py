@@ -86,8 +86,8 @@ class TrainConfig:
     under the forced voting prompt (the rest under the adaptive one), and trained as answers to the adaptive
     prompt, so both groups' success rates are estimated on every prompt (ibpo / rft only)."""
     anchor_forced: bool = True
-    """Also train each selected sample under the forced prompt of its group, so the forced regular and voting
-    modes (the references of the frontier) do not drift while the adaptive prompt learns (ibpo / rft only)."""
+    """Also train every correct exploration sample under the forced prompt that drew it, so the forced regular
+    and voting modes (the references of the frontier) do not drift while the adaptive prompt learns."""
     max_per_prompt: int | None = 1
     """m: at most m selected responses per prompt (null: no per-prompt rows)."""
     accumulate_steps: int = 1

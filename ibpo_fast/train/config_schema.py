@@ -128,7 +128,8 @@ def help_text(cls, preset_values: dict | None = None, preset: str = "") -> str:
         if f.name in preset_values and preset_values[f.name] != default:
             shown += f"; preset {preset}: {_yaml(preset_values[f.name])}"
         lines.append(f"  --{f.name} {type_name(hints[f.name])}   ({shown})")
-        lines += textwrap.wrap(docs.get(f.name, ""), width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        lines += textwrap.wrap(docs.get(f.name, ""), width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                               break_on_hyphens=False)
     return "\n".join(lines)
 
 

@@ -116,7 +116,7 @@ def rl_step(run: Run, step: int) -> dict:
         phases.assign_groups(samples, cfg.extended_trials)
     with timer("ilp"):
         gathered, selection = phases.select(world, samples, run.buffer, cfg)
-    figures = _update(run, samples, gathered["weight"], gathered["tokens"], cfg.lr, timer, anchor=cfg.anchor_forced)
+    figures = _update(run, samples, gathered["weight"], gathered["tokens"], cfg.lr, timer, gathered["anchor"])
     record = {"q": cfg.budget, "mode": cfg.mode, **figures, **rollout_record(gathered, selection, cfg)}
     return {**record, "tokens_per_s": float(gathered["tokens"].sum()) / sum(timer.seconds.values()),
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
@@ -126,7 +126,7 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
     """Warm-up / SV-SFT / ASV-SFT: one demonstration per problem, every one learned (weight 1)."""
     cfg, world, timer = run.cfg, run.world, PhaseTimer(run.world.device)
     problems, first = phases.shard(run.task.problems("train", batch, seed=_data_seed(cfg, step)), world)
-    samples = phases.demonstrations(run.task, run.tokenizer, problems, first, seed=cfg.seed, step=step,
+    samples = phases.demonstrations(run.tokenizer, problems, first, seed=cfg.seed, step=step,
                                     formats=formats, verbose=cfg.verbose_prompts, extended_trials=cfg.extended_trials)
     gathered = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
                                                   "group": samples.group})
@@ -137,11 +137,11 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}
 
 
-def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseTimer, *, anchor=False) -> dict:
+def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseTimer, all_anchors=None) -> dict:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     with timer("forward_backward"):
-        local = phases.update(run.policy, samples, all_weights, all_tokens, run.world, run.cfg, anchor=anchor)
+        local = phases.update(run.policy, samples, all_weights, all_tokens, run.world, run.cfg, all_anchors)
     with timer("optimizer"):
         if not local["skipped"]:  # skipping is global: the decision comes from gathered arrays
             phases.optimizer_step(run.policy, run.optimizer, run.cfg.max_grad_norm)
@@ -150,7 +150,7 @@ def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseT
                                                       for key in ("loss", "abs_diff", "tokens")})
     return {"loss": float(parts["loss"].mean()), "update_skipped": local["skipped"],
             "logprob_abs_diff": float(parts["abs_diff"].sum() / max(parts["tokens"].sum(), 1.0)),
-            "train_tokens": (1 + anchor) * int(np.dot(all_weights, all_tokens))}
+            "train_tokens": int(np.dot(all_weights if all_anchors is None else all_weights + all_anchors, all_tokens))}
 
 
 def _data_seed(cfg: TrainConfig, step: int) -> int:

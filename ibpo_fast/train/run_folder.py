@@ -1,7 +1,7 @@
 """A run folder is never overwritten silently (DESIGN.md §5).
 
 `ibpo-fast train --out DIR` starts a new run only in a missing or empty DIR. A DIR that holds files needs
-`--resume=true` (continue from DIR/checkpoint.pt; with no checkpoint there the run starts at step 0, so a
+`--resume=true` (continue from DIR/checkpoint/; with no checkpoint there the run starts at step 0, so a
 job script that always passes it survives a kill before the first checkpoint) or `--overwrite=true`
 (delete the previous run's files first). Overwriting deletes only what train, eval and plot write
 (`RUN_OUTPUTS`); a folder holding anything else is refused, so `--out=.` cannot empty a source tree.
@@ -16,10 +16,11 @@ from pathlib import Path
 
 from ibpo_fast.errors import InputError
 
-# What a run writes into its folder: metrics (jsonl), checkpoints and the final model (pt, tmp while
-# written), eval results (eval.json, or eval_*.json beside it), plots, tensorboard events.
-RUN_OUTPUTS = ("metrics.jsonl", "warmup.jsonl", "checkpoint.pt", "model.pt", "summary.json", "*.tmp", "eval*.json", "*.png",
-               "tb")
+# What a run writes into its folder: metrics (jsonl), the checkpoint folder (checkpoint.tmp / .old while
+# a save swaps it in), the final model (model.pt, .tmp while written), eval results (eval.json, or
+# eval_*.json beside it), the summary, plots, tensorboard events.
+RUN_OUTPUTS = ("metrics.jsonl", "warmup.jsonl", "checkpoint", "checkpoint.old", "model.pt", "summary.json", "*.tmp",
+               "eval*.json", "*.png", "tb")
 
 
 def _entries(folder: Path) -> list[Path]:
