@@ -127,6 +127,13 @@ def test_bad_inputs_are_one_line_and_make_no_folder(tmp_path, capsys):
     assert _error_line(capsys) == f"ibpo-fast train: error: model: no config.json in '{tmp_path / 'model'}' " \
                                   "(expected a Hugging Face model folder)"
     assert not out.exists()
+    missing = tmp_path / "nothing"
+    assert main(["eval", f"--checkpoint={missing}"]) == 2
+    assert _error_line(capsys) == f"ibpo-fast eval: error: '{missing}' is neither a model file, a checkpoint " \
+                                  "folder nor a run folder with model.pt or checkpoint/"
+    assert main(["train", f"--init_from={missing}", f"--out={out}", *FAST]) == 2
+    assert _error_line(capsys).startswith(f"ibpo-fast train: error: '{missing}' is neither")
+    assert not out.exists()
 
 
 def test_plot_errors_are_one_line(tmp_path, capsys):

@@ -32,6 +32,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
 
+from ibpo_fast.errors import InputError
 from ibpo_fast.train.distributed import World, barrier
 
 CHECKPOINT = "checkpoint"
@@ -126,7 +127,7 @@ class SavedWeights:
             self.path = folder
             self.config = torch.load(folder / TRAINER, map_location="cpu", weights_only=False)["config"]
         else:
-            raise ValueError(f"{str(path)!r} is neither a model file, a checkpoint folder nor a run folder "
+            raise InputError(f"{str(path)!r} is neither a model file, a checkpoint folder nor a run folder "
                              f"with {MODEL} or {CHECKPOINT}/")
 
     def load_into(self, model: torch.nn.Module) -> None:

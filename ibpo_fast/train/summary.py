@@ -23,7 +23,8 @@ def _training_shares(path: Path) -> dict:
     last = [r for r in records if "sampled_extended_share" in r][-LAST_STEPS:]
     if not last:
         return {}
-    return {key: float(np.mean([r[key] for r in last])) for key in ("sampled_extended_share", "selected_extended_share")}
+    return {"steps": len(last), **{key: float(np.mean([r[key] for r in last]))
+                                   for key in ("sampled_extended_share", "selected_extended_share")}}
 
 
 def held_out(run) -> dict | None:
@@ -80,7 +81,7 @@ def report(result: dict, out: Path) -> list[str]:
         lines.append(f"  extended share at test {test['extended_share']:.2f} against the budget q = {result['q']:g}")
     shares = result["training_last_steps"]
     if shares:
-        lines.append(f"  last {LAST_STEPS} steps: sampled extended share {shares['sampled_extended_share']:.2f}, "
+        lines.append(f"  last {shares['steps']} steps: sampled extended share {shares['sampled_extended_share']:.2f}, "
                      f"selected {shares['selected_extended_share']:.2f}")
     files = result["files"]
     lines += [f"saved: {out / 'summary.json'}, {files['model']}, {files['metrics']}"]
