@@ -107,14 +107,14 @@ class DecodeLoop:
     def __init__(self, model, *, num_slots: int, max_new_tokens: int, eos_ids: set[int], draw: Draw, pad_id: int):
         self.model, self.num_slots, self.max_new_tokens = model, num_slots, max_new_tokens
         self.eos_ids, self.draw, self.pad_id = eos_ids, draw, pad_id
-        self.dtype = model.dtype
 
     @torch.no_grad()
     def run(self, jobs: list[Job], progress=None) -> None:
         """Fills each job's tokens and logprobs in place; `progress(k)` is told of k finished jobs."""
         device_type = self.model.device.type
-        # Under autocast (bf16 compute over f32 master weights) the projections come out in the autocast
-        # dtype: the cache holds that (rotary embeddings may hand f32 keys back: cast on write).
+        # The dtype of the cache and the masks for this call: under autocast (bf16 compute over f32 master
+        # weights) the projections come out in the autocast dtype (rotary embeddings may hand f32 keys
+        # back: cast on write).
         self.dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else self.model.dtype
         with _mask_capable_attention(self.model):
             self._run(jobs, progress)

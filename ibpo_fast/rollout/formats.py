@@ -191,23 +191,22 @@ def readings(text: str) -> tuple[list[list[int]], int | None] | None:
     return [[int(x) for x in part.split(":")[1].split("+")] for part in parts], int(several[2])
 
 
-def _attempt(problem: Problem, reading: int = 0, start: int = 0) -> str:
-    """One attempt ending in a boxed answer. A sum ("3+5+7", or mod m: "3+5+7%10") gets running sums (sums of
-    larger numbers column steps) of its reading `reading`, from the operand `start` on and around ("3+5+7"
-    from 1: "5+7=12+3=15"); of several readings, the attempt first copies the one it sums, label included
-    ("#2:7+1+1 7+1=8+1=9 ..."): a copy after a label is a lookup the tiny model learns, while summing the
-    k-th of several unlabelled readings in place was right in only half the attempts (measured). Other
-    problems (no steps known) just state the answer."""
-    parsed = readings(problem.text)
+def _attempt(problem: Problem, parsed, reading: int = 0, start: int = 0) -> str:
+    """One attempt ending in a boxed answer. A sum ("3+5+7", or mod m: "3+5+7%10"; `parsed` = its
+    `readings`) gets running sums (sums of larger numbers column steps) of its reading `reading`, from the
+    operand `start` on and around ("3+5+7" from 1: "5+7=12+3=15"); of several readings, the attempt first
+    copies the one it sums, label included ("#2:7+1+1 7+1=8+1=9 ..."): a copy after a label is a lookup
+    the tiny model learns, while summing the k-th of several unlabelled readings in place was right in only
+    half the attempts (measured). Other problems (`parsed` None: no steps known) just state the answer."""
     if parsed is None:
         return f"The answer is \\boxed{{{problem.answer}}}"
     copies, modulus = parsed
-    operands = copies[reading % len(copies)]
+    index = reading % len(copies)
+    operands = copies[index]
     start %= len(operands)
     operands = operands[start:] + operands[:start]
     steps, answer = _running_sums(operands, modulus) if modulus or max(operands) < 10 else _column_steps(operands)
-    number = reading % len(copies) + 1
-    label = f"#{number}:{'+'.join(map(str, copies[number - 1]))} " if len(copies) > 1 else ""
+    label = f"#{index + 1}:{'+'.join(map(str, copies[index]))} " if len(copies) > 1 else ""
     return f"{label}{steps} \\boxed{{{answer}}}"
 
 
@@ -224,6 +223,6 @@ def demonstration(problem: Problem, fmt: str, rng: random.Random, *, num_trials:
     if fmt == "sv" or (fmt == "asv" and problem.level >= hard_level):
         if not 1 <= num_trials <= MAX_TRIALS:
             raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
-        return "".join(f"{TRIAL_OPEN}{_attempt(problem, i % num_readings, i // num_readings)}{TRIAL_CLOSE}"
+        return "".join(f"{TRIAL_OPEN}{_attempt(problem, parsed, i % num_readings, i // num_readings)}{TRIAL_CLOSE}"
                        for i in range(num_trials))
-    return _attempt(problem, rng.randrange(num_readings))
+    return _attempt(problem, parsed, rng.randrange(num_readings))

@@ -38,7 +38,6 @@ class Task(Protocol):
         """Whether `answer` (a final answer extracted from a response; None = none) solves `problem`."""
 
 
-
 def _check_request(split: str, n: int) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
