@@ -59,22 +59,19 @@ def backend_rows(label: str, case) -> list[dict]:
 def triton_rows() -> list[dict]:
     """The row ops at V = 32000 on 16 rows (test_triton_rows_within_2x): forward's log-probs, then the one
     forward_backward that also serves backward; reported in the token and loss columns."""
-    from ibpo_fast.ops import TorchBackend, naive_token_logprobs
+    from ibpo_fast.ops import TorchBackend
     from ibpo_fast.ops.triton_backend import TritonBackend
-    from ops_cases import packed_case
+    from ops_cases import row_case
     from test_ops_real_vocab import SHAPES
 
     vocab, hidden_size = SHAPES[0]
-    case = packed_case(7, [16], hidden_size, vocab, lm_logits=True)
-    hidden, weight, targets = case.hidden, case.weight, case.targets.clamp(min=0)
-    coef = torch.randn(16, generator=torch.Generator().manual_seed(0))
-    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
-    logp64 = naive_token_logprobs(h64, w64, targets, temperature=0.9)
-    d_hidden64, d_weight64 = torch.autograd.grad((logp64 * coef.double()).sum(), [h64, w64])
+    case = row_case(vocab, hidden_size)
+    logp64, d_hidden64, d_weight64 = case.want
     rows = []
     for name, backend in (("torch rows", TorchBackend()), ("triton rows (interpreted)", TritonBackend())):
-        logp, _ = backend.forward(hidden, weight, targets, 1 / 0.9)
-        _, d_hidden, d_weight = backend.forward_backward(hidden, weight, targets, coef, 1 / 0.9)
+        logp, _ = backend.forward(case.hidden, case.weight, case.targets, case.inv_temperature)
+        _, d_hidden, d_weight = backend.forward_backward(case.hidden, case.weight, case.targets, case.coef,
+                                                         case.inv_temperature)
         rows.append({"case": f"V{vocab}xH{hidden_size}, 16 rows", "backend": name,
                      "token_logp": max_error(logp, logp64), "loss_d_hidden": max_error(d_hidden, d_hidden64),
                      "loss_d_weight": max_error(d_weight, d_weight64)})

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.common import environment, format_table
+from benchmarks.common import environment, format_table, save_figure
 
 EVAL_SEED = 1234  # the held-out problems and the evaluation draws: the same for every method and seed
 QUICK = dict(warmup_steps=30, warmup_batch=8, steps=2, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=48)
@@ -223,24 +223,14 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
                     capsize=3, label=r["method"])
     ax.set(xlabel="cost (tokens per problem / rl_q0's regular tokens)", ylabel="accuracy (held-out)",
            title="efficiency frontier (mean, min–max over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "frontier.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, ax, out / "frontier.png", legend_fontsize=7))
     ibpo = [r for r in rows if r["method"].startswith("ibpo")]
     levels = sorted({key[1:-4] for key in rows[0] if key.startswith("L") and key.endswith("_ext")}, key=int)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in ibpo + [by[name] for name in ("asv_sft",) if name in by]:
         ax.plot(levels, [r[f"L{lvl}_ext"] for lvl in levels], "o-", label=r["method"])
     ax.set(xlabel="level", ylabel="extended share at test", title="allocation by difficulty", ylim=(-0.02, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "frontier_allocation.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, ax, out / "frontier_allocation.png"))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     budgets = [float(r["method"].removeprefix("ibpo_q")) for r in ibpo]
     for key, label in (("train_selected_share", "selected (ILP) in training"),
@@ -248,12 +238,7 @@ def plots(out: Path, rows: list[dict]) -> list[Path]:
         ax.plot(budgets, [r[key] for r in ibpo], "o-", label=label)
     ax.plot(budgets, budgets, "k--", label="q")
     ax.set(xlabel="budget q", ylabel="extended share", title="budget adherence")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "frontier_budget.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, ax, out / "frontier_budget.png"))
     return paths
 
 

@@ -53,6 +53,28 @@ def packed_case(seed: int, lengths, hidden_size: int, vocab: int, *, dtype=torch
                 loss_mask=torch.rand(T, generator=g) < 0.7, seq_weights=seq_weights, temperature=temperature)
 
 
+@dataclass
+class RowCase:
+    """Rows for a backend's row ops (`forward`, `forward_backward`) and their float64 references."""
+    hidden: torch.Tensor  # [R, H]
+    weight: torch.Tensor  # [V, H]
+    targets: torch.Tensor  # [R], none ignored
+    coef: torch.Tensor  # [R], the per-row coefficients of forward_backward
+    inv_temperature: float
+    want: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # f64 token log-probs, d_hidden, d_weight of sum(coef * logp)
+
+
+def row_case(vocab: int, hidden_size: int, rows: int = 16, temperature: float = 0.9) -> RowCase:
+    """LM-shaped logits (`packed_case(lm_logits=True)`) on `rows` rows, for the Triton row ops at a real vocabulary."""
+    case = packed_case(7, [rows], hidden_size, vocab, lm_logits=True)
+    hidden, weight, targets = case.hidden, case.weight, case.targets.clamp(min=0)
+    coef = torch.randn(rows, generator=torch.Generator().manual_seed(0))
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    logp64 = naive_token_logprobs(h64, w64, targets, temperature=temperature)
+    want = (logp64.detach(), *torch.autograd.grad((logp64 * coef.double()).sum(), [h64, w64]))
+    return RowCase(hidden, weight, targets, coef, 1 / temperature, want)
+
+
 def random_case(seed: int, *, max_tokens=200, max_vocab=300, dtype=torch.float32) -> Case:
     """`packed_case` at random small sizes: 1-6 ragged sequences with an empty and a length-1 one, odd H and V."""
     g = torch.Generator().manual_seed(seed)

@@ -21,7 +21,7 @@ import torch
 
 from ibpo_fast import ops
 from ibpo_fast.ops import TorchBackend, naive_token_logprobs
-from ops_cases import Case, PlainF32Backend, oracle, packed_case, run_op
+from ops_cases import Case, PlainF32Backend, oracle, packed_case, row_case, run_op
 
 # (V, H): Llama-2 / Mistral, SmolLM2 (its H too), Llama-3 vocabularies
 SHAPES = [(32000, 64), (49152, 576), (128256, 256)]
@@ -101,18 +101,12 @@ def test_triton_rows_within_2x():
     forward_backward that also serves backward, against the torch backend's on the same rows."""
     from ibpo_fast.ops.triton_backend import TritonBackend
 
-    vocab, hidden_size = SHAPES[0]
-    case = packed_case(7, [16], hidden_size, vocab, lm_logits=True)
-    hidden, weight, targets = case.hidden, case.weight, case.targets.clamp(min=0)
-    coef = torch.randn(16, generator=torch.Generator().manual_seed(0))
-    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
-    logp64 = naive_token_logprobs(h64, w64, targets, temperature=0.9)
-    want = (logp64.detach(), *torch.autograd.grad((logp64 * coef.double()).sum(), [h64, w64]))
+    case = row_case(*SHAPES[0])
     errors = {}
     for name, backend in (("torch", TorchBackend()), ("triton", TritonBackend())):
-        logp, _ = backend.forward(hidden, weight, targets, 1 / 0.9)
-        fused = backend.forward_backward(hidden, weight, targets, coef, 1 / 0.9)
-        errors[name] = {"forward value": max_errors([logp], want)["value"], **max_errors(fused, want)}
+        logp, _ = backend.forward(case.hidden, case.weight, case.targets, case.inv_temperature)
+        fused = backend.forward_backward(case.hidden, case.weight, case.targets, case.coef, case.inv_temperature)
+        errors[name] = {"forward value": max_errors([logp], case.want)["value"], **max_errors(fused, case.want)}
     assert_within(errors["triton"], errors["torch"], "triton rows")
 
 
