@@ -83,9 +83,11 @@ def _figures(problems, correct, extended, tokens) -> dict:
 
 
 def _training_shares(folder: Path) -> dict:
+    """The training shares over the last third of the steps (budget adherence once the policy has moved)."""
+    from ibpo_fast.train.summary import training_shares
+
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    last = records[len(records) - max(1, len(records) // 3):]
-    return {key: float(np.mean([r[key] for r in last])) for key in ("selected_extended_share", "sampled_extended_share")}
+    return training_shares(records, max(1, len(records) // 3))
 
 
 def run_seed(seed: int, args) -> dict:

@@ -18,13 +18,18 @@ from ibpo_fast.train import checkpoint, distributed
 LAST_STEPS = 5  # training shares are averaged over this many final steps
 
 
-def _training_shares(path: Path) -> dict:
-    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    last = [r for r in records if "sampled_extended_share" in r][-LAST_STEPS:]
+def training_shares(records: list[dict], last_steps: int) -> dict:
+    """The sampled and selected extended shares averaged over the last `last_steps` IBPO / RFT steps of a
+    metrics file's records (and how many steps that was); {} when it has none."""
+    last = [r for r in records if "sampled_extended_share" in r][-last_steps:]
     if not last:
         return {}
     return {"steps": len(last), **{key: float(np.mean([r[key] for r in last]))
                                    for key in ("sampled_extended_share", "selected_extended_share")}}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def held_out(run) -> dict | None:
@@ -63,7 +68,7 @@ def finish(run) -> dict | None:
         files["plots"] = []
     result = {"mode": cfg.mode, "q": cfg.budget, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps,
               "problems_per_level": cfg.summary_problems_per_level, "test": test,
-              "training_last_steps": _training_shares(out / "metrics.jsonl"), "files": files}
+              "training_last_steps": training_shares(_records(out / "metrics.jsonl"), LAST_STEPS), "files": files}
     (out / "summary.json").write_text(json.dumps(result, indent=1))
     print("\n".join(report(result, out)))
     return result
