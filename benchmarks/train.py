@@ -118,7 +118,7 @@ class Engines:
                 torch.manual_seed(step)
                 return (self._static if name == "static" else self._continuous_batching)()
         with run.generation_weights():
-            out = phases.generate(self.sampler(name), run.tokenizer, self.problems, 0, run.cfg, step)
+            out = phases.generate(self.sampler(name), run.tokenizer, run.task, self.problems, 0, run.cfg, step)
         return [r.response_ids for r in out.rollouts]
 
     def _hf_config(self) -> GenerationConfig:
@@ -189,7 +189,7 @@ def measure_step(run, problems, args) -> list[dict]:
     for repeat in range(-1, args.repeats):  # repeat -1: warm-up (numba, optimizer state)
         shared = PhaseTimer(run.world.device)
         with shared("generate"), run.generation_weights():  # as the loop times it
-            drawn = phases.generate(run.sampler, run.tokenizer, problems, 0, run.cfg, repeat + 1)
+            drawn = phases.generate(run.sampler, run.tokenizer, run.task, problems, 0, run.cfg, repeat + 1)
         with shared("grade"):
             samples = phases.grade(run.task, problems, drawn, 0)
         with shared("group"):

@@ -1,12 +1,11 @@
 """Parser, voter and demonstrations of ibpo_fast.rollout.formats."""
-import random
 
 import numpy as np
 import pytest
 
 from ibpo_fast.rollout.formats import (FORMATS, HARD_LEVEL, MAX_TRIALS, TRIAL_CLOSE as C, TRIAL_OPEN as O, demonstration,
-                                       last_boxed, majority, parse, prompt_text, readings, vote, VOTE_TRIALS)
-from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, ArithmeticTask, Problem
+                                       last_boxed, majority, parse, prompt_text, vote, VOTE_TRIALS)
+from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, READINGS, ArithmeticTask, Problem, readings
 
 
 def trial(answer):
@@ -83,9 +82,8 @@ def _reading_sums(problem):
 def test_demonstrations_round_trip(level, fmt):
     """Every demonstrated attempt computes its reading exactly: one attempt answers what its reading sums to,
     the attempts of a vote read the readings in turn."""
-    rng = random.Random(level)
     for problem in ArithmeticTask(levels=(level,)).problems("train", 40, seed=level):
-        parsed = parse(demonstration(problem, fmt, rng))
+        parsed = parse(demonstration(problem, fmt))
         sums = _reading_sums(problem)
         assert parsed.well_formed
         voting = fmt == "sv" or (fmt == "asv" and level >= HARD_LEVEL)
@@ -93,15 +91,14 @@ def test_demonstrations_round_trip(level, fmt):
             assert parsed.trial_answers == sums[:VOTE_TRIALS] and parsed.final_answer == vote(sums)
         else:
             assert parsed.num_trials == 0 and parsed.final_answer in sums
-        if ARITHMETIC_LEVELS[level].noise == 0:
+        if ARITHMETIC_LEVELS[level].noisy_share == 0:
             assert parsed.final_answer == problem.answer
 
 
 @pytest.mark.parametrize("num_trials", range(1, MAX_TRIALS + 1))
 def test_demonstration_trial_count(num_trials):
-    rng = random.Random(num_trials)
     for problem in ArithmeticTask(levels=(1, 4)).problems("test", 20, seed=0):
-        parsed = parse(demonstration(problem, "sv", rng, num_trials=num_trials))
+        parsed = parse(demonstration(problem, "sv", num_trials=num_trials))
         sums = _reading_sums(problem)
         assert parsed.num_trials == num_trials and parsed.well_formed
         assert parsed.trial_answers == [sums[i % len(sums)] for i in range(num_trials)]
@@ -109,44 +106,44 @@ def test_demonstration_trial_count(num_trials):
 
 def test_demonstration_has_real_steps():
     problem = Problem("u", "3+5+7+2%10", "7", 2)
-    assert demonstration(problem, "regular", random.Random(0)) == "3+5=8+7=5+2=7 \\boxed{7}"
-    assert demonstration(Problem("u", "3+5+7", "15", 2), "regular", random.Random(0)) == "3+5=8+7=15 \\boxed{15}"
+    assert demonstration(problem, "regular") == "3+5=8+7=5+2=7 \\boxed{7}"
+    assert demonstration(Problem("u", "3+5+7", "15", 2), "regular") == "3+5=8+7=15 \\boxed{15}"
     # One reading: voting attempt i starts from term i and goes around, so no two share their steps.
-    assert demonstration(problem, "sv", random.Random(0)) == "".join(
-        f"{O}{steps} \\boxed{{7}}{C}" for steps in ("3+5=8+7=5+2=7", "5+7=2+2=4+3=7", "7+2=9+3=2+5=7",
-                                                      "2+3=5+5=0+7=7", "3+5=8+7=5+2=7"))
-    text = demonstration(Problem("u", "47+85", "132", 2), "regular", random.Random(0))
+    assert demonstration(problem, "sv") == "".join(
+        f"{O}{steps} \\boxed{{7}}{C}" for steps in ("3+5=8+7=5+2=7", "5+7=2+2=4+3=7", "7+2=9+3=2+5=7"))
+    text = demonstration(Problem("u", "47+85", "132", 2), "regular")
     assert text == "7+5=12,4+8+1=13 \\boxed{132}"
     # Several readings: an attempt copies the reading it sums; a vote reads them in turn.
     noisy = Problem("u", "#1:3+1+0 #2:3+1+1 #3:3+1+0 %10", "4", 3)
-    assert demonstration(noisy, "sv", random.Random(0), num_trials=3) == (
+    assert demonstration(noisy, "sv", num_trials=3) == (
         f"{O}#1:3+1+0 3+1=4+0=4 \\boxed{{4}}{C}{O}#2:3+1+1 3+1=4+1=5 \\boxed{{5}}{C}"
         f"{O}#3:3+1+0 3+1=4+0=4 \\boxed{{4}}{C}")
-    assert {demonstration(noisy, "regular", random.Random(seed))[:2] for seed in range(30)} == {"#1", "#2", "#3"}
+    assert demonstration(noisy, "regular") == "#1:3+1+0 3+1=4+0=4 \\boxed{4}"  # the first reading: views vary it
 
 
 def test_demonstration_generic_problem_and_errors():
     problem = Problem("u", "What is x if 2x=1?", "\\frac{1}{2}", 0)
-    assert parse(demonstration(problem, "sv", random.Random(0), num_trials=3)).final_answer == "\\frac{1}{2}"
+    assert parse(demonstration(problem, "sv", num_trials=3)).final_answer == "\\frac{1}{2}"
     assert readings(problem.text) is None and readings("#1:1+2 #2:3+4 %7") == ([[1, 2], [3, 4]], 7)
     assert readings("#1:1+2 #3:3+4 %7") is None and readings("3+4") == ([[3, 4]], None)
     with pytest.raises(ValueError, match="num_trials"):
-        demonstration(Problem("u", "1+2", "3", 1), "sv", random.Random(0), num_trials=9)
+        demonstration(Problem("u", "1+2", "3", 1), "sv", num_trials=9)
 
 
 def test_last_boxed_nested():
     assert last_boxed("\\boxed{{a}{b}}") == "{a}{b}" and last_boxed("x") is None
 
 
-def test_a_vote_over_the_readings_is_right_more_often_than_one_attempt():
-    """The hard level's readings are noisy (`ArithmeticTask`): one demonstrated attempt is as right as its
-    reading, the vote over all readings is right more often."""
-    rng = random.Random(0)
-    problems = ArithmeticTask(levels=(3,)).problems("train", 2000, seed=0)
-    single = np.mean([parse(demonstration(p, "regular", rng)).final_answer == p.answer for p in problems])
-    voted = np.mean([parse(demonstration(p, "sv", rng)).final_answer == p.answer for p in problems])
-    noise = ARITHMETIC_LEVELS[3].noise
-    assert abs(single - (1 - noise)) < 0.03 and voted > single + 0.15
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_a_vote_over_the_readings_gains_what_the_wrong_readings_cost(level):
+    """One demonstrated attempt is as right as its reading; the vote over all readings is always right (the
+    wrong readings are a minority), so it gains wrong_readings / READINGS on the noisy share of a level."""
+    problems = ArithmeticTask(levels=(level,)).problems("train", 2000, seed=0)
+    single = np.mean([parse(demonstration(p, "regular")).final_answer == p.answer for p in problems])
+    voted = np.mean([parse(demonstration(p, "sv")).final_answer == p.answer for p in problems])
+    spec = ARITHMETIC_LEVELS[level]
+    assert voted == 1.0
+    assert abs(single - (1 - spec.noisy_share * spec.wrong_readings / READINGS)) < 0.03
 
 
 def test_majority_is_the_plurality_and_vote_stops_at_consensus():

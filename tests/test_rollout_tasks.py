@@ -5,9 +5,10 @@ import random
 import numpy as np
 import pytest
 
-from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN, demonstration, parse, readings
+from ibpo_fast.rollout.formats import TRIAL_CLOSE, TRIAL_OPEN, demonstration, parse
 from ibpo_fast.rollout.grader import Grader
-from ibpo_fast.rollout.tasks import ARITHMETIC_LEVELS, READINGS, ArithmeticTask, JsonlMathTask, Problem, ReasoningGymTask, math_equal
+from ibpo_fast.rollout.tasks import (ARITHMETIC_LEVELS, READINGS, ArithmeticTask, JsonlMathTask, Problem, ReasoningGymTask,
+                                     math_equal, readings)
 
 
 def test_arithmetic_deterministic_and_split():
@@ -25,23 +26,49 @@ def test_arithmetic_deterministic_and_split():
         assert not task.is_correct(p, p.answer + "1")
 
 
-def test_arithmetic_readings_are_noisy_at_the_level_rate():
+def test_arithmetic_noisy_problems_have_the_level_share_and_count_of_wrong_readings():
     task = ArithmeticTask(levels=(1, 2, 3, 4))
     wrong = {level: [] for level in ARITHMETIC_LEVELS}
     for p in task.problems("train", 4000, seed=0):
-        wrong[p.level] += [str(sum(c) % 10) != p.answer for c in readings(p.text)[0]]
-    for level, flags in wrong.items():
-        assert abs(np.mean(flags) - ARITHMETIC_LEVELS[level].noise) < 0.02, level
+        wrong[p.level].append(sum(str(sum(c) % 10) != p.answer for c in readings(p.text)[0]))
+    for level, counts in wrong.items():
+        spec = ARITHMETIC_LEVELS[level]
+        assert set(counts) <= {0, spec.wrong_readings} and spec.wrong_readings < READINGS / 2, level
+        noisy = np.mean(np.array(counts) > 0) if spec.wrong_readings else 0.0
+        assert abs(noisy - spec.noisy_share) < 0.03, level
 
 
-def test_arithmetic_readings_list_the_increments_in_their_own_orders():
-    """No per-position majority over the readings can stand in for a vote: the orders differ."""
-    for p in ArithmeticTask(levels=(4,)).problems("train", 200, seed=0):
+def test_arithmetic_readings_share_the_start_digit_and_a_wrong_one_is_off_by_one():
+    """The readings are copies of one sum: the start digit first, the increments shuffled (so no order lets
+    one attempt take a per-position majority), and a wrong one has one increment flipped."""
+    problems = ArithmeticTask(levels=(3,)).problems("train", 300, seed=1)
+    orders_differ = []
+    for p in problems:
         copies = readings(p.text)[0]
-        assert len({c[0] for c in copies}) == 1  # the start digit stays first
-    orders_differ = [len({tuple(c) for c in readings(p.text)[0]}) > 1
-                     for p in ArithmeticTask(levels=(4,)).problems("train", 200, seed=1)]
+        assert len({c[0] for c in copies}) == 1
+        sums = [sum(c) % 10 for c in copies]
+        assert sums.count(int(p.answer)) == READINGS - ARITHMETIC_LEVELS[3].wrong_readings
+        assert all((s - int(p.answer)) % 10 in (0, 1, 9) for s in sums)
+        orders_differ.append(len({tuple(c[1:]) for c in copies}) > 1)
     assert np.mean(orders_differ) > 0.9
+
+
+def test_arithmetic_views_show_the_same_readings_in_fresh_orders():
+    """A view is the problem as one sample sees it: the same readings (so the same answer, the same wrong
+    ones), renumbered in an order drawn from the seed."""
+    task = ArithmeticTask(levels=(3,))
+    problem = task.problems("train", 1, seed=0)[0]
+    views = [task.view(problem, seed) for seed in range(40)]
+    assert task.view(problem, 7) == views[7]  # seeded
+    assert len({v.text for v in views}) > 1
+    for v in views:
+        assert (v.uid, v.answer, v.level) == (problem.uid, problem.answer, problem.level)
+        assert sorted(readings(v.text)[0]) == sorted(readings(problem.text)[0]) and readings(v.text)[1] == 10
+    # the reading shown first is any of them (positions, not readings, are what a model can prefer)
+    firsts = {tuple(readings(v.text)[0][0]) for v in views}
+    assert firsts == {tuple(r) for r in readings(problem.text)[0]}
+    single = Problem("u", "3+5+7%10", "5", 1)
+    assert task.view(single, 3) == single
 
 
 def test_arithmetic_bad_arguments():
@@ -71,6 +98,13 @@ def test_jsonl_task(tmp_path):
         JsonlMathTask(tmp_path / "missing.jsonl")
 
 
+def test_tasks_without_presentations_view_a_problem_as_itself(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"problem": "#1:1+1 #2:1+0 %10", "answer": "2"}))
+    task = JsonlMathTask(tmp_path / "m.jsonl", test_fraction=0.0)
+    problem = task.problems("train", 1, seed=0)[0]
+    assert task.view(problem, 5) is problem
+
+
 def test_math_equal_survives_garbage():
     assert math_equal("3", "3") and not math_equal("3", "\\frac{{}}}")
 
@@ -86,8 +120,7 @@ def test_reasoning_gym_task():
 def test_grader_scores_demonstrations():
     task = ArithmeticTask(levels=(1, 2, 3, 4))
     problems = task.problems("train", 30, seed=0)
-    rng = random.Random(0)
-    texts = [demonstration(p, "asv", rng) for p in problems]
+    texts = [demonstration(p, "asv") for p in problems]
     texts[0] = "\\boxed{-1}"
     scores = Grader(task).score(problems, texts)
     assert scores.reward.dtype == np.float32 and scores.num_trials.dtype == np.int64

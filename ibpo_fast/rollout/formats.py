@@ -18,18 +18,17 @@ with no usable answer has `final_answer=None`, which grades as wrong.
 """
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass
 
-from ibpo_fast.rollout.tasks import Problem
+from ibpo_fast.rollout.tasks import Problem, readings
 
 TRIAL_OPEN = "[TRIAL]"
 TRIAL_CLOSE = "[/TRIAL]"
 FORMATS = ("regular", "sv", "asv")
 MAX_TRIALS = 8
 CONSENSUS = 3
-VOTE_TRIALS = 5  # attempts of a voting demonstration
+VOTE_TRIALS = 3  # attempts of a voting demonstration
 HARD_LEVEL = 3  # asv demonstrations vote from this level up
 
 _SHORT_TAGS = {"regular": "solve", "sv": "vote", "asv": "auto"}
@@ -173,24 +172,6 @@ def _running_sums(operands: list[int], modulus: int | None) -> tuple[str, str]:
     return "".join(steps), str(total)
 
 
-_SUM = r"\d+(?:\+\d+)+"
-
-
-def readings(text: str) -> tuple[list[list[int]], int | None] | None:
-    """The readings of a sum problem as operand lists, and its modulus: "3+5+7%10" has one reading;
-    "#1:7+1+0 #2:7+1+1 %10" two, numbered from 1. None for a problem that is not a sum."""
-    single = re.fullmatch(rf"({_SUM})(?:%(\d+))?", text)
-    if single:
-        return [[int(x) for x in single[1].split("+")]], int(single[2]) if single[2] else None
-    several = re.fullmatch(rf"((?:#\d+:{_SUM} )+)%(\d+)", text)
-    if not several:
-        return None
-    parts = several[1].split()
-    if [part.split(":")[0] for part in parts] != [f"#{k}" for k in range(1, len(parts) + 1)]:
-        return None
-    return [[int(x) for x in part.split(":")[1].split("+")] for part in parts], int(several[2])
-
-
 def _attempt(problem: Problem, parsed, reading: int = 0, start: int = 0) -> str:
     """One attempt ending in a boxed answer. A sum ("3+5+7", or mod m: "3+5+7%10"; `parsed` = its
     `readings`) gets running sums (sums of larger numbers column steps) of its reading `reading`, from the
@@ -210,13 +191,17 @@ def _attempt(problem: Problem, parsed, reading: int = 0, start: int = 0) -> str:
     return f"{label}{steps} \\boxed{{{answer}}}"
 
 
-def demonstration(problem: Problem, fmt: str, rng: random.Random, *, num_trials: int = VOTE_TRIALS,
-                  hard_level: int = HARD_LEVEL) -> str:
-    """A response in format `fmt` for warm-up SFT, each attempt computed exactly. One attempt reads one
-    reading of the problem, drawn by `rng`; the `num_trials` attempts of a vote read the readings in turn
-    (attempt i: reading i mod R, from term i div R), so no attempt repeats another's steps. When a problem's
-    readings hold noise (`ArithmeticTask`), one attempt is as right as its reading, and the vote over the
-    readings is right more often. `asv` votes from `hard_level` up and answers once below it."""
+def demonstration(problem: Problem, fmt: str, *, num_trials: int = VOTE_TRIALS, hard_level: int = HARD_LEVEL) -> str:
+    """A response in format `fmt` for warm-up SFT, each attempt computed exactly. One attempt reads the
+    first reading of the problem; the `num_trials` attempts of a vote read the readings in turn (attempt i:
+    reading i mod R, from term i div R), so no attempt repeats another's steps. Which reading comes first is
+    the presentation's doing (`ArithmeticTask` orders the readings at random, and `Task.view` gives every
+    sample a fresh order), not the attempt's: on a version of the task whose readings had their own start
+    digits, single answers that picked a reading at random and copied it by its number copied it right in
+    4-38% of answers after the warm-up, the votes' attempts, which read the readings in turn, in 36-89%
+    (two seeds, levels 1-3). When a problem's readings hold noise, one attempt is as right as its reading,
+    and the vote over the readings is right more often. `asv` votes from `hard_level` up and answers once
+    below it."""
     _check_format(fmt)
     parsed = readings(problem.text)
     num_readings = len(parsed[0]) if parsed else 1
@@ -225,4 +210,4 @@ def demonstration(problem: Problem, fmt: str, rng: random.Random, *, num_trials:
             raise ValueError(f"num_trials must be in [1, {MAX_TRIALS}], got {num_trials}")
         return "".join(f"{TRIAL_OPEN}{_attempt(problem, parsed, i % num_readings, i // num_readings)}{TRIAL_CLOSE}"
                        for i in range(num_trials))
-    return _attempt(problem, parsed, rng.randrange(num_readings))
+    return _attempt(problem, parsed)

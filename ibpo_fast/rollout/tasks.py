@@ -37,6 +37,10 @@ class Task(Protocol):
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         """Whether `answer` (a final answer extracted from a response; None = none) solves `problem`."""
 
+    def view(self, problem: Problem, seed: int) -> Problem:
+        """`problem` as one sample is shown it (the same uid, answer and level): a fresh presentation per
+        sample where the task has several (`ArithmeticTask`), else the problem itself."""
+
 
 def _check_request(split: str, n: int) -> None:
     if split not in SPLITS:
@@ -52,38 +56,73 @@ def normalize_answer(answer: str) -> str:
 
 @dataclass(frozen=True)
 class ArithmeticLevel:
-    num_terms: int  # a start digit plus num_terms - 1 increments from STEP_TERMS
-    noise: float  # probability that a reading of the problem has one increment flipped
+    num_terms: int  # terms of a reading: a start digit and num_terms - 1 increments from STEP_TERMS
+    wrong_readings: int  # readings with one increment flipped, in a problem of this level that has noise
+    noisy_share: float  # share of the level's problems that have noise
 
 
-# A problem is a start digit plus increments drawn from `STEP_TERMS`; the answer is the sum mod `MODULUS`
-# (its last digit). It is shown as `READINGS` numbered readings of its terms, each noisy and in its own
-# order: with the level's probability one increment of a reading is flipped (0 <-> 1), and each reading
-# lists the increments shuffled (the start digit stays first; the sum does not depend on the order).
-# "#1:7+1+0+1 #2:7+1+1+1 #3:7+0+1+1 #4:7+1+1+0 #5:7+0+0+1 %10" (answer 9) has two of five readings wrong.
-# One attempt copies and sums one reading ("#2:7+1+1+1 7+1=8+1=9+1=0 \\boxed{0}"), so it is as right as
-# that reading; a vote sums every reading once and the plurality is right more often. That is the noise a
-# per-attempt error needs (DESIGN §1: an error one attempt cannot train away, while independent attempts
-# vote it right). Why each part, measured on the tiny model (warm-up, then 30 RL steps at q = 0):
-# - what its capacity alone gives is not that: chains of 0/1 increments are learned to ~10 terms and fail
-#   beyond, chains of digits to ~8 and fail at 10, and near those lengths the outcome depends on the seed
-#   (12 terms of 0/1: 0.29 to 0.92 right in one attempt over runs); slips demonstrated inside attempts were
-#   unlearned by RL (level 3: 0.59 to 0.98 right in one attempt);
-# - readings in one order let a single attempt learn a per-position majority over them: with 3 readings
-#   the single answer rose from 0.64 to 0.83 right under RL, above the 0.70 one reading allows;
+# A problem is a start digit plus increments from `STEP_TERMS`; the answer is the sum mod `MODULUS`. It is
+# shown as `READINGS` numbered readings of its terms: the start digit first, the increments shuffled, and in
+# a noisy problem `wrong_readings` of the readings with one increment flipped (0 <-> 1), so they sum to the
+# answer +- 1. "#1:3+1+1+0 #2:3+0+0+1 #3:3+1+0+0 %10" (answer 4) has one wrong reading, #1. One attempt
+# copies and sums one reading ("#1:3+1+1+0 3+1=4+1=5+0=5 \\boxed{5}"), so it is as right as that reading; a
+# vote sums every reading once, and with the wrong readings a minority its plurality is always right. So
+# voting gains wrong_readings / READINGS on a noisy problem and nothing on a clean one: level 3 (one of three
+# readings wrong in every problem) gains 1/3 everywhere, level 2 (one wrong in 30% of problems) 1/3 on
+# those, level 1 nothing. That is the error one attempt cannot train away while independent attempts vote
+# it right (DESIGN §1), and the per-problem gains make difficulty what the budget buys. Every sample sees
+# the readings in a fresh order (`ArithmeticTask.view`), so which reading one attempt copies is a property
+# of the sample, not of the problem. Why each part, measured on the tiny model (warm-up, then RL):
+# - noise drawn per reading made voting pay on level 2 about as often as on level 3 (some level-3 problems
+#   had every reading right, others a wrong majority), and the budget went to both alike;
+# - five readings (two wrong on level 3) were voted right by one warm-up seed in 0.5-0.67 of level-3
+#   problems, below one attempt; with three, the forced vote is right in 0.94-1.00 after the warm-up
+#   (seeds 0, 1; one attempt 0.60-0.63 against the 0.67 a reading allows);
+# - readings with their own start digits (only the sum shared) were copied unreliably: one attempt that
+#   picked a reading by its number copied it right in 4-38% of answers, and RL degraded the votes
+#   (level 3: 0.86 -> 0.70);
+# - readings in one order gave a per-position majority (one answer 0.64 -> 0.83 right under RL, above the
+#   0.70 one reading allowed), hence the shuffled increments;
+# - what capacity alone gives is not an error per attempt: chains of 0/1 increments are learned to ~10
+#   terms, and near that length the outcome depends on the seed; slips demonstrated inside attempts were
+#   unlearned by RL (level 3: 0.59 to 0.98 right in one attempt); digit increments (wrong answers spread
+#   over 9 values) were not learned in the warm-up (copies of 4-term readings 3% right, one-digit sums 16%);
 # - votes of 5 attempts over readings of 6 terms failed (later attempts copy worse: right copies 0.94 to
 #   0.20 from the first attempt to the fifth), so the readings are short.
 ARITHMETIC_LEVELS: dict[int, ArithmeticLevel] = {
-    1: ArithmeticLevel(2, 0.0), 2: ArithmeticLevel(3, 0.2), 3: ArithmeticLevel(4, 0.35), 4: ArithmeticLevel(6, 0.4)}
+    1: ArithmeticLevel(2, 0, 0.0), 2: ArithmeticLevel(3, 1, 0.3), 3: ArithmeticLevel(4, 1, 1.0),
+    4: ArithmeticLevel(6, 1, 1.0)}
 MODULUS = 10
 STEP_TERMS = (0, 1)
-READINGS = 5
+READINGS = 3
 
 
-def _reading(terms: list[int], noise: float, rng: random.Random) -> list[int]:
-    """One noisy reading: with probability `noise` one increment flipped, then the increments shuffled."""
+_SUM = r"\d+(?:\+\d+)+"
+
+
+def readings(text: str) -> tuple[list[list[int]], int | None] | None:
+    """The readings of a sum problem as operand lists, and its modulus: "3+5+7%10" has one reading;
+    "#1:7+1+0 #2:7+1+1 %10" two, numbered from 1. None for a problem that is not a sum."""
+    single = re.fullmatch(rf"({_SUM})(?:%(\d+))?", text)
+    if single:
+        return [[int(x) for x in single[1].split("+")]], int(single[2]) if single[2] else None
+    several = re.fullmatch(rf"((?:#\d+:{_SUM} )+)%(\d+)", text)
+    if not several:
+        return None
+    parts = several[1].split()
+    if [part.split(":")[0] for part in parts] != [f"#{k}" for k in range(1, len(parts) + 1)]:
+        return None
+    return [[int(x) for x in part.split(":")[1].split("+")] for part in parts], int(several[2])
+
+
+def _readings_text(shown: list[list[int]], modulus: int) -> str:
+    return "".join(f"#{k}:{'+'.join(map(str, reading))} " for k, reading in enumerate(shown, 1)) + f"%{modulus}"
+
+
+def _reading(terms: list[int], wrong: bool, rng: random.Random) -> list[int]:
+    """One reading of `terms`: one increment flipped when `wrong`, then the increments shuffled."""
     increments = terms[1:]
-    if rng.random() < noise:
+    if wrong:
         flipped = rng.randrange(len(increments))
         increments[flipped] = 1 - increments[flipped]
     rng.shuffle(increments)
@@ -91,9 +130,9 @@ def _reading(terms: list[int], noise: float, rng: random.Random) -> list[int]:
 
 
 class ArithmeticTask:
-    """Running sums mod 10 shown as noisy readings (see `ARITHMETIC_LEVELS`), e.g. level 2:
-    "#1:7+1+0 #2:7+0+1 #3:7+1+1 #4:7+1+0 #5:7+0+1 %10" (answer "8"). Train and test draw from separate
-    random streams (the small levels have few distinct problems, so the two splits overlap there)."""
+    """Running sums mod 10 shown as readings, some wrong (see `ARITHMETIC_LEVELS`), e.g. level 2:
+    "#1:9+1+1 #2:9+0+1 #3:9+1+1 %10" (answer "1", reading 2 wrong). Train and test draw
+    from separate random streams (level 1 has few distinct problems, so the two splits overlap there)."""
 
     def __init__(self, levels: tuple[int, ...] = (1, 2, 3)):
         if not levels or any(level not in ARITHMETIC_LEVELS for level in levels):
@@ -107,14 +146,33 @@ class ArithmeticTask:
         for i in range(n):
             level = rng.choice(self.levels)
             spec = ARITHMETIC_LEVELS[level]
-            terms = [rng.randint(0, 9)] + [rng.choice(STEP_TERMS) for _ in range(spec.num_terms - 1)]
-            shown = [_reading(terms, spec.noise, rng) for _ in range(READINGS)]
-            text = "".join(f"#{k}:{'+'.join(map(str, reading))} " for k, reading in enumerate(shown, 1)) + f"%{MODULUS}"
-            out.append(Problem(f"arith/{split}/{seed}/{i}", text, str(sum(terms) % MODULUS), level))
+            terms = [rng.randrange(MODULUS)] + [rng.choice(STEP_TERMS) for _ in range(spec.num_terms - 1)]
+            noisy = rng.random() < spec.noisy_share
+            wrong = set(rng.sample(range(READINGS), spec.wrong_readings)) if noisy else set()
+            shown = [_reading(terms, k in wrong, rng) for k in range(READINGS)]
+            out.append(Problem(f"arith/{split}/{seed}/{i}", _readings_text(shown, MODULUS), str(sum(terms) % MODULUS),
+                               level))
         return out
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answer is not None and normalize_answer(answer) == normalize_answer(problem.answer)
+
+    def view(self, problem: Problem, seed: int) -> Problem:
+        """The readings in a fresh order, renumbered. One attempt copies one reading and the tiny model
+        prefers some positions (measured on a five-reading version of the task after RL at q = 0: 35 of 64
+        level-3 answers read #3): with the
+        problem's one order, whether its single answer is right became a property of the problem (the
+        preferred reading right or wrong: per-problem success near 0 or 1), so the per-problem group values
+        asked for a vote only where the preferred reading was wrong. A fresh order per sample makes one
+        attempt's error a property of the sample, as a real model's chain of thought is right with some
+        probability per sample (measured on the same model: per-problem success of 16 answers, problems at
+        >= 0.95: 6 of 48 in one order, 0 of 48 in fresh orders)."""
+        parsed = readings(problem.text)
+        if parsed is None or len(parsed[0]) < 2:
+            return problem
+        shown, modulus = parsed
+        random.Random(seed).shuffle(shown)
+        return Problem(problem.uid, _readings_text(shown, modulus), problem.answer, problem.level)
 
 
 class ReasoningGymTask:
@@ -161,6 +219,9 @@ class ReasoningGymTask:
         except Exception:  # noqa: BLE001 - third-party checkers on arbitrary model text; wrong, not fatal
             return False
 
+    def view(self, problem: Problem, seed: int) -> Problem:
+        return problem
+
 
 class JsonlMathTask:
     """Problems from a JSONL file of `{"problem", "answer"[, "level"][, "id"]}` lines. A fixed hash of
@@ -196,6 +257,9 @@ class JsonlMathTask:
 
     def is_correct(self, problem: Problem, answer: str | None) -> bool:
         return answer is not None and math_equal(problem.answer, answer)
+
+    def view(self, problem: Problem, seed: int) -> Problem:
+        return problem
 
 
 def _jsonl_problem(line: str, where: str, default_id: str) -> Problem:

@@ -24,6 +24,7 @@ import torch
 from ibpo_fast.grouping import response_groups
 from ibpo_fast.models import encode_prompts, load_model
 from ibpo_fast.rollout import Grader, HFSampler, majority, make_task, prompt_text
+from ibpo_fast.seeding import derive_seed
 from ibpo_fast.train import checkpoint, distributed
 from ibpo_fast.train.config import EvalConfig, TrainConfig
 
@@ -58,12 +59,16 @@ class Answers:
 
 def answer(model, tokenizer, task, problems, fmt: str, n: int, *, cfg: TrainConfig, max_new_tokens: int,
            temperature: float, seed: int, progress: bool = True) -> Answers:
-    """Sample n responses per problem under the prompt format `fmt` and grade them."""
+    """Sample n responses per problem under the prompt format `fmt` and grade them. Response j of problem i
+    sees its own view of the problem (`Task.view`, as in training) and has its own seed, both from (seed, i,
+    j): every model evaluated with the same seed answers the same views."""
     sampler = HFSampler(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
                         kv_cache_gib=cfg.generate_kv_gib, engine=cfg.generate_engine, progress=progress)
-    prompts = encode_prompts(tokenizer, [prompt_text(p, fmt, verbose=cfg.verbose_prompts) for p in problems])
-    rollouts = sampler.generate(prompts, n, seed=seed)
-    scores = Grader(task).score([problems[r.prompt_index] for r in rollouts], [r.text for r in rollouts])
+    pairs = [(i, j) for i in range(len(problems)) for j in range(n)]
+    views = [task.view(problems[i], derive_seed(seed, "view", i, j)) for i, j in pairs]
+    prompts = encode_prompts(tokenizer, [prompt_text(v, fmt, verbose=cfg.verbose_prompts) for v in views])
+    rollouts = sampler.generate(prompts, 1, seed=[derive_seed(seed, "sample", i, j) for i, j in pairs])
+    scores = Grader(task).score([problems[i] for i, _ in pairs], [r.text for r in rollouts])
     truncated = np.array([r.truncated for r in rollouts])
     final = [None if cut else a for a, cut in zip(scores.final_answer, truncated)]
     shape = (len(problems), n)

@@ -9,6 +9,11 @@ forced prompt that drew it (weight 1, rejection sampling of the forced modes), w
 modes, the references of the frontier, from drifting at every budget (measured without it: after 30 RL
 steps at q = 0 the voting prompt had stopped voting on some seeds).
 
+Views: every sample sees its own presentation of its problem (`Task.view`: the arithmetic task's readings
+in a fresh order) and is trained under the adaptive prompt of that view. The group values r̄_g(p) are
+success rates per problem, so they must measure what a group does on the problem, not on one fixed
+presentation of it (`ArithmeticTask.view` has the measurements).
+
 Documented behaviour on odd batches:
 * malformed responses (no answer, broken trials) grade 0 and a response cut at `max_new_tokens` grades
   0 too (learning from it would teach the model not to stop); they stay in the batch, so they count
@@ -62,10 +67,11 @@ class Samples:
 
 @dataclass
 class Drawn:
-    """One step's rollouts on this rank and the prompts that drew them."""
-    rollouts: list  # rollout.Rollout, prompt_index = the problem's index in this rank's share
+    """One step's rollouts on this rank, one per sample, and the prompts of the view each sample was shown."""
+    rollouts: list  # rollout.Rollout, rollout k drawn by prompts[its format][k]
     formats: np.ndarray  # [N] int64 index in FORMATS of the prompt that drew each rollout
-    prompts: dict[str, list[list[int]]]  # per format, the prompt ids of every problem
+    owners: np.ndarray  # [N] int64 the problem's index in this rank's share
+    prompts: dict[str, list[list[int]]]  # per format, the prompt ids of each sample's view (`Task.view`)
 
 
 def shard(items: list, world: World) -> tuple[list, int]:
@@ -82,44 +88,48 @@ def samples_per_format(cfg) -> dict[str, int]:
     return {"asv": cfg.samples_per_prompt - 2 * explore, "regular": explore, "sv": explore}
 
 
-def generate(sampler, tokenizer, problems, first, cfg, step: int) -> Drawn:
-    """The step's samples of every problem (`samples_per_format`), one sampling call per format; each
-    prompt is seeded by (seed, step, its global index, format), so a sample is the same whatever the number
-    of ranks (the sampler's draws do not depend on batching)."""
-    prompts = {fmt: encode_prompts(tokenizer, [prompt_text(p, fmt, verbose=cfg.verbose_prompts) for p in problems])
-               for fmt in FORMATS}
-    rollouts, formats = [], []
+def generate(sampler, tokenizer, task, problems, first, cfg, step: int) -> Drawn:
+    """The step's samples of every problem (`samples_per_format`) in one sampling call. Sample j of a problem
+    under a format sees its own view of the problem and has its own seed, both from (seed, step, the
+    problem's global index, format, j): a sample is the same whatever the number of ranks (the sampler's
+    draws do not depend on batching)."""
+    views, formats, owners, seeds = [], [], [], []
     for fmt, count in samples_per_format(cfg).items():
-        if count == 0:
-            continue
-        seeds = [derive_seed(cfg.seed, "sample", step, first + i, fmt) for i in range(len(problems))]
-        rollouts += sampler.generate(prompts[fmt], count, seed=seeds)
-        formats += [FORMATS.index(fmt)] * (count * len(problems))
-    return Drawn(rollouts, np.array(formats, np.int64), prompts)
+        for i, problem in enumerate(problems):
+            for j in range(count):
+                views.append(task.view(problem, derive_seed(cfg.seed, "view", step, first + i, fmt, j)))
+                seeds.append(derive_seed(cfg.seed, "sample", step, first + i, fmt, j))
+                formats.append(FORMATS.index(fmt))
+                owners.append(i)
+    prompts = {fmt: encode_prompts(tokenizer, [prompt_text(v, fmt, verbose=cfg.verbose_prompts) for v in views])
+               for fmt in FORMATS}
+    drawn_by = [prompts[FORMATS[f]][k] for k, f in enumerate(formats)]
+    rollouts = sampler.generate(drawn_by, 1, seed=seeds)
+    return Drawn(rollouts, np.array(formats, np.int64), np.array(owners, np.int64), prompts)
 
 
 def grade(task, problems, drawn: Drawn, first: int) -> Samples:
-    """Rewards of every rollout; each is paired with the adaptive prompt it is trained under."""
+    """Rewards of every rollout; each is paired with the adaptive prompt of its view, which it is trained
+    under."""
     rollouts = drawn.rollouts
-    owners = [problems[r.prompt_index] for r in rollouts]
+    owners = [problems[i] for i in drawn.owners]
     texts = [r.text for r in rollouts]
     scores = Grader(task).score(owners, texts)
     if not np.all(np.isfinite(scores.reward)):
         raise ValueError("grader returned a NaN or infinite reward")
     reward = np.where([r.truncated for r in rollouts], 0.0, scores.reward.astype(np.float64))
-    adaptive = drawn.prompts["asv"]
     sampler_logp = np.array([float(np.sum(r.logprobs)) for r in rollouts], np.float64)
     return Samples(
-        pairs=[(adaptive[r.prompt_index], list(r.response_ids)) for r in rollouts],
+        pairs=[(drawn.prompts["asv"][k], list(r.response_ids)) for k, r in enumerate(rollouts)],
         texts=texts,
-        prompt=np.array([first + r.prompt_index for r in rollouts], np.int64),
+        prompt=first + drawn.owners,
         level=np.array([p.level for p in owners], np.int64),
         reward=reward,
         group=np.zeros(len(rollouts), np.int64),
         sampled_format=drawn.formats,
         sampler_logp=np.where(drawn.formats == ADAPTIVE, sampler_logp, np.nan),
         weight=np.zeros(len(rollouts)),
-        forced_prompts=[tuple(drawn.prompts[fmt][r.prompt_index] for fmt in FORCED) for r in rollouts],
+        forced_prompts=[tuple(drawn.prompts[fmt][k] for fmt in FORCED) for k in range(len(rollouts))],
     )
 
 
@@ -136,7 +146,7 @@ def demonstrations(tokenizer, problems, first, *, seed: int, step: int, formats,
         rng = random.Random(derive_seed(seed, "demonstration", step, first + i))
         prompt_fmt, response_fmt = rng.choice(formats)
         prompt = encode_prompts(tokenizer, [prompt_text(problem, prompt_fmt, verbose=verbose)])[0]
-        text = demonstration(problem, response_fmt, rng)
+        text = demonstration(problem, response_fmt)
         pairs.append((prompt, tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]))
         texts.append(text)
         prompt_formats.append(FORMATS.index(prompt_fmt))
