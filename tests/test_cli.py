@@ -12,7 +12,7 @@ from conftest import subprocess_env
 from ibpo_fast.cli import main
 from ibpo_fast.train import run_folder
 
-FAST = ["--warmup_steps=1", "--warmup_batch=4", "--prompts_per_step=2", "--samples_per_prompt=2",
+FAST = ["--warmup_steps=1", "--warmup_batch=4", "--prompts_per_step=2", "--samples_per_prompt=2", "--explore_per_group=1",
         "--max_new_tokens=16", "--progress=false", "--tensorboard=false", "--summary_problems_per_level=2"]
 REQUIRED = ("step", "q", "loss", "reward_mean", "sampled_extended_share", "selected_extended_share", "tokens_per_s",
             "ilp_status", "ilp_seconds", "logprob_abs_diff", "extended_share_by_level", "time_generate",

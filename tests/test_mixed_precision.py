@@ -20,7 +20,7 @@ from ibpo_fast.train import TrainConfig, train
 from ibpo_fast.train.config import load_config
 
 SETTINGS = dict(model="tiny", levels=[1], warmup_steps=3, warmup_batch=8, warmup_lr=1e-6, steps=2, lr=1e-6,
-                prompts_per_step=2, samples_per_prompt=2, max_new_tokens=64, progress=False,
+                prompts_per_step=2, samples_per_prompt=2, explore_per_group=1, max_new_tokens=64, progress=False,
                 tensorboard=False)
 
 

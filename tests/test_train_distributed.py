@@ -25,7 +25,7 @@ from ibpo_fast.train.config import load_config
 # 4 samples per prompt: 2 under the adaptive prompt, 1 under each forced one (explore_per_group = 1); 4
 # prompts, since the warm model misses some problems in every sample (measured: "2+1" -> 2 in all 8).
 SETTINGS = dict(model="tiny", levels=[1], warmup_steps=2, warmup_batch=4, warmup_lr=1e-4, steps=3, prompts_per_step=4,
-                samples_per_prompt=4, max_new_tokens=64, accumulate_steps=2, progress=False,
+                samples_per_prompt=4, explore_per_group=1, max_new_tokens=64, accumulate_steps=2, progress=False,
                 tensorboard=False)
 SHARDED = dict(activation_checkpointing=True, update_tokens=48)
 STOP = 3  # two warm-up steps and one IBPO step, then a checkpoint

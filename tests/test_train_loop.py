@@ -15,6 +15,7 @@ import torch
 from ibpo_fast import budget, pack
 from ibpo_fast.models import char_tokenizer, encode_prompts, tiny_model
 from ibpo_fast.rollout import FORMATS, ArithmeticTask, HFSampler, Problem, Rollout, prompt_text
+from ibpo_fast.rollout.tasks import readings
 from ibpo_fast.train import TrainConfig, train
 from ibpo_fast.train.config import EvalConfig, load_config
 from ibpo_fast.train.evaluate import evaluate
@@ -23,7 +24,7 @@ from ibpo_fast.train.distributed import World
 from ibpo_fast.train.policy import Policy
 
 SMALL = dict(model="tiny", warmup_steps=2, warmup_batch=4, steps=2, prompts_per_step=2, samples_per_prompt=2,
-             max_new_tokens=16, progress=False, tensorboard=False)
+             explore_per_group=1, max_new_tokens=16, progress=False, tensorboard=False)
 WORLD = World(0, 1, torch.device("cpu"))
 # Figures that depend on the computation only (not on wall time).
 DETERMINISTIC = ("step", "loss", "train_tokens", "reward_mean", "sampled_extended_share", "selected_extended_share",
@@ -82,7 +83,7 @@ def test_nan_reward_raises():
 
     problem = Problem("p", "1+2", "3", 1)
     rollout = Rollout(0, [1, 5], [6, 2], "\\boxed{3}", np.zeros(2, np.float32), False)
-    drawn = phases.Drawn([rollout], np.array([phases.ADAPTIVE]), {fmt: [[1, 5]] for fmt in FORMATS})
+    drawn = phases.Drawn([rollout], np.array([phases.ADAPTIVE]), np.array([0]), {fmt: [[1, 5]] for fmt in FORMATS})
     with pytest.raises(ValueError, match="NaN"):
         phases.grade(NanTask(), [problem], drawn, 0)
 
@@ -94,7 +95,8 @@ def test_malformed_responses_grade_zero_and_group_by_trials():
     truncated = [False, False, False, True, False]
     rollouts = [Rollout(0, [1, 5], tokenizer(t, add_special_tokens=False).input_ids, t, np.zeros(1, np.float32), cut)
                 for t, cut in zip(texts, truncated)]
-    drawn = phases.Drawn(rollouts, np.full(len(rollouts), phases.ADAPTIVE), {fmt: [[1, 5]] for fmt in FORMATS})
+    drawn = phases.Drawn(rollouts, np.full(len(rollouts), phases.ADAPTIVE), np.zeros(len(rollouts), np.int64),
+                         {fmt: [[1, 5]] * len(rollouts) for fmt in FORMATS})
     samples = phases.grade(ArithmeticTask(), [problem], drawn, first=0)
     phases.assign_groups(samples, extended_trials=2)
     assert samples.reward.tolist() == [0, 0, 0, 0, 1]  # the right answer cut by max_new_tokens counts 0
@@ -187,6 +189,15 @@ def test_init_from_model_checkpoint_or_run_folder_starts_from_those_weights(tmp_
         train(TrainConfig(**SMALL, init_from=str(tmp_path / "nothing"), out=str(tmp_path / "bad")))
 
 
+def test_the_main_phase_starts_with_a_fresh_optimizer_state(tmp_path, warm_tiny):
+    run = train(TrainConfig(**{**SMALL, "warmup_steps": 3, "warmup_lr": 1e-4, "lr": 1e-4, "steps": 2, "levels": [1],
+                               "max_new_tokens": 64}, init_from=warm_tiny, out=str(tmp_path)))
+    updated = sum(not r["update_skipped"] for r in _lines(tmp_path / "metrics.jsonl"))
+    assert updated >= 1  # an IBPO step really selected and updated
+    # AdamW's step counts the IBPO updates only, not the warm-up's three before them
+    assert {int(state["step"]) for state in run.optimizer.state.values()} == {updated}
+
+
 def test_any_seed_runs(tmp_path):
     # seeds were once multiplied into int64 overflow from seed 19 on; one helper derives them all now
     from ibpo_fast.seeding import derive_seed
@@ -210,9 +221,10 @@ def test_exploration_samples_are_trained_under_the_adaptive_prompt_and_anchored_
     responses = ["1+0=1 \\boxed{1}", "1+0=1 \\boxed{1}", "[TRIAL]1+0=2 \\boxed{2}[/TRIAL]" * 5]
     ids = [tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for r in responses]
     formats = ["regular", "asv", "sv"]
-    rollouts = [Rollout(0, prompts[fmt][0], i, r, np.full(len(i), -0.5, np.float32), False)
-                for fmt, i, r in zip(formats, ids, responses)]
-    drawn = phases.Drawn(rollouts, np.array([FORMATS.index(f) for f in formats]), prompts)
+    rollouts = [Rollout(k, prompts[fmt][0], i, r, np.full(len(i), -0.5, np.float32), False)
+                for k, (fmt, i, r) in enumerate(zip(formats, ids, responses))]
+    drawn = phases.Drawn(rollouts, np.array([FORMATS.index(f) for f in formats]), np.zeros(3, np.int64),
+                         {fmt: prompts[fmt] * 3 for fmt in FORMATS})
     samples = phases.grade(ArithmeticTask(), [problem], drawn, first=0)
     phases.assign_groups(samples, extended_trials=2)
     assert samples.reward.tolist() == [1, 1, 0] and samples.group.tolist() == [0, 0, 1]
@@ -253,8 +265,16 @@ def test_samples_per_format_and_generate_draw_under_each_prompt():
     tokenizer = char_tokenizer()
     model = tiny_model(len(tokenizer), seed=0)
     sampler = HFSampler(model, tokenizer, max_new_tokens=4, kv_cache_gib=0.01, progress=False)
-    problems = ArithmeticTask().problems("train", 3, seed=0)
-    drawn = phases.generate(sampler, tokenizer, problems, 0, TrainConfig(**{**SMALL, "samples_per_prompt": 4}), step=0)
+    task = ArithmeticTask(levels=(3,))
+    problems = task.problems("train", 3, seed=0)
+    drawn = phases.generate(sampler, tokenizer, task, problems, 0, TrainConfig(**{**SMALL, "samples_per_prompt": 4}), step=0)
     assert np.bincount(drawn.formats, minlength=3).tolist() == [3, 3, 6]  # regular, sv, asv
-    for rollout, fmt in zip(drawn.rollouts, drawn.formats):
-        assert rollout.prompt_ids == drawn.prompts[FORMATS[fmt]][rollout.prompt_index]
+    assert np.bincount(drawn.owners).tolist() == [4, 4, 4]
+    shown = {i: set() for i in range(3)}
+    for k, (rollout, fmt, owner) in enumerate(zip(drawn.rollouts, drawn.formats, drawn.owners)):
+        assert rollout.prompt_ids == drawn.prompts[FORMATS[fmt]][k]
+        # every format's prompt of a sample shows the same view of its problem
+        texts = {tokenizer.decode(drawn.prompts[f][k], skip_special_tokens=True).split(":", 1)[1] for f in FORMATS}
+        assert len(texts) == 1 and sorted(readings(texts.pop().strip())[0]) == sorted(readings(problems[owner].text)[0])
+        shown[owner].add(tokenizer.decode(drawn.prompts["asv"][k]))
+    assert all(len(views) > 1 for views in shown.values())  # the samples of a problem see fresh orders
