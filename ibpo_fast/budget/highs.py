@@ -56,6 +56,9 @@ def _run(u, indptr, indices, row_upper, time_limit):
     highs.setOptionValue("mip_abs_gap", 0.0)
     highs.setOptionValue("presolve", "off")
     highs.setOptionValue("mip_root_presolve_only", True)
+    # one thread: the models are small, and with HiGHS's thread pool one 6-variable solve hung for over half
+    # an hour on 2 loaded cores (tests/test_budget.py beside the frontier benchmark; HiGHS issue #1670)
+    highs.setOptionValue("threads", 1)
     if time_limit is not None:
         highs.setOptionValue("time_limit", float(time_limit))
     n, num_rows = len(u), len(row_upper)
