@@ -1,7 +1,7 @@
 """The efficiency frontier on the tiny default (DESIGN §1): accuracy against inference cost, IBPO at each
 budget q against self-consistency of the same-steps RL model at q = 0, with the allocation by difficulty.
 
-    python -m benchmarks frontier --out bench_out/frontier                 # seeds 0 1 2, ~20-30 min on 2 cores
+    python -m benchmarks frontier --out bench_out/frontier                 # seeds 0 1 2 at once: 22 min on 2 cores
     python -m benchmarks frontier --out bench_out/frontier --seeds 0 --jobs 1
     python -m benchmarks frontier --quick --out /tmp/frontier             # plumbing only, tiny sizes
 
@@ -41,7 +41,7 @@ import yaml
 from benchmarks.common import environment, format_table, save_figure
 
 EVAL_SEED = 1234  # the held-out problems and the evaluation draws: the same for every method and seed
-QUICK = dict(warmup_steps=30, warmup_batch=8, steps=2, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=48)
+QUICK = dict(warmup_steps=30, warmup_batch=8, steps=2, prompts_per_step=4, samples_per_prompt=6, max_new_tokens=48)
 
 
 def _methods(budgets, skip=()) -> dict[str, dict]:
@@ -259,7 +259,7 @@ def main(argv=None):
     parser.add_argument("--problems-per-level", type=int, default=128)
     parser.add_argument("--sc-samples", type=int, default=8)
     parser.add_argument("--sc-k", type=int, nargs="+", default=[2, 3, 4, 6, 8])
-    parser.add_argument("--jobs", type=int, default=2, help="seeds trained in parallel, one thread each")
+    parser.add_argument("--jobs", type=int, default=3, help="seeds trained in parallel, one thread each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per seed")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="TrainConfig fields for every run (YAML values), e.g. --set lr=1e-3 explore_per_group=2")
