@@ -131,8 +131,8 @@ def _reading(terms: list[int], wrong: bool, rng: random.Random) -> list[int]:
 
 class ArithmeticTask:
     """Running sums mod 10 shown as readings, some wrong (see `ARITHMETIC_LEVELS`), e.g. level 2:
-    "#1:9+1+1 #2:9+0+1 #3:9+1+1 %10" (answer "1", reading 2 wrong). Train and test draw
-    from separate random streams (level 1 has few distinct problems, so the two splits overlap there)."""
+    "#1:9+1+1 #2:9+0+1 #3:9+1+1 %10" (answer "1", reading 2 wrong). Train and test draw from separate random
+    streams (level 1 has few distinct problems, so the two splits overlap there)."""
 
     def __init__(self, levels: tuple[int, ...] = (1, 2, 3)):
         if not levels or any(level not in ARITHMETIC_LEVELS for level in levels):
@@ -160,10 +160,9 @@ class ArithmeticTask:
     def view(self, problem: Problem, seed: int) -> Problem:
         """The readings in a fresh order, renumbered. One attempt copies one reading and the tiny model
         prefers some positions (measured on a five-reading version of the task after RL at q = 0: 35 of 64
-        level-3 answers read #3): with the
-        problem's one order, whether its single answer is right became a property of the problem (the
-        preferred reading right or wrong: per-problem success near 0 or 1), so the per-problem group values
-        asked for a vote only where the preferred reading was wrong. A fresh order per sample makes one
+        level-3 answers read #3): with the problem's one order, whether its single answer is right became a
+        property of the problem (the preferred reading right or wrong: per-problem success near 0 or 1), so
+        the per-problem group values asked for a vote only where the preferred reading was wrong. A fresh order per sample makes one
         attempt's error a property of the sample, as a real model's chain of thought is right with some
         probability per sample (measured on the same model: per-problem success of 16 answers, problems at
         >= 0.95: 6 of 48 in one order, 0 of 48 in fresh orders)."""
