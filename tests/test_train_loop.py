@@ -19,6 +19,7 @@ from ibpo_fast.rollout.tasks import readings
 from ibpo_fast.train import TrainConfig, train
 from ibpo_fast.train.config import EvalConfig, load_config
 from ibpo_fast.train.evaluate import evaluate
+from ibpo_fast.train.loop import warmup_lr
 from ibpo_fast.train import phases
 from ibpo_fast.train.distributed import World
 from ibpo_fast.train.policy import Policy
@@ -198,6 +199,20 @@ def test_the_main_phase_starts_with_a_fresh_optimizer_state(tmp_path, warm_tiny)
     assert {int(state["step"]) for state in run.optimizer.state.values()} == {updated}
 
 
+def test_the_warm_up_learning_rate_falls_linearly_to_its_end_value(tmp_path):
+    train(TrainConfig(**{**SMALL, "warmup_steps": 3, "warmup_lr": 1e-3, "warmup_lr_end": 1e-4, "steps": 0},
+                      out=str(tmp_path)))
+    assert [r["lr"] for r in _lines(tmp_path / "warmup.jsonl")] == pytest.approx([1e-3, 5.5e-4, 1e-4])
+    assert warmup_lr(TrainConfig(warmup_steps=3, warmup_lr=1e-3), 2) == 1e-3  # null end: constant
+
+
+@pytest.mark.parametrize("field, value", [("warmup_lr_end", 0.0), ("anchor_weight", -0.5),
+                                          ("anchor_weight", float("nan")), ("anchor_weight", float("inf"))])
+def test_bad_schedule_and_anchor_weights_are_refused(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
 def test_any_seed_runs(tmp_path):
     # seeds were once multiplied into int64 overflow from seed 19 on; one helper derives them all now
     from ibpo_fast.seeding import derive_seed
@@ -232,13 +247,13 @@ def test_exploration_samples_are_trained_under_the_adaptive_prompt_and_anchored_
     assert np.isnan(samples.sampler_logp[0]) and samples.sampler_logp[1] == pytest.approx(-0.5 * len(ids[1]))
     with torch.no_grad():
         logp_adaptive = policy(pack([(prompts["asv"][0], ids[0])]), torch.zeros(1))[0]
-    for anchor in (False, True):
-        gathered, _ = phases.select(WORLD, samples, budget.SampleBuffer(1), TrainConfig(anchor_forced=anchor))
+    for anchor in (0.0, 0.25):
+        gathered, _ = phases.select(WORLD, samples, budget.SampleBuffer(1), TrainConfig(anchor_weight=anchor))
         assert samples.weight.tolist() == [1, 0, 0]  # equal utilities: the lower index, the forced sample
         pairs, owners, weights = phases.training_pairs(samples)
-        assert pairs[0] == (prompts["asv"][0], ids[0]) and owners.tolist() == [0] * (1 + anchor)
+        assert pairs[0] == (prompts["asv"][0], ids[0]) and owners.tolist() == [0] * (1 + (anchor > 0))
         if anchor:  # the correct forced-regular sample, under its own prompt; the wrong voting one is left out
-            assert pairs[1] == (prompts["regular"][0], ids[0]) and weights.tolist() == [1.0, 1.0]
+            assert pairs[1] == (prompts["regular"][0], ids[0]) and weights.tolist() == [1.0, 0.25]
         figures = phases.update(policy, samples, samples.weight, samples.response_tokens(), WORLD, TrainConfig(),
                                 gathered["anchor"])
         assert not figures["skipped"] and figures["tokens"] == 0.0  # no directly sampled row selected

@@ -85,9 +85,11 @@ class TrainConfig:
     """Exploration: of each prompt's n samples, this many are drawn under the forced regular prompt and as many
     under the forced voting prompt (the rest under the adaptive one), and trained as answers to the adaptive
     prompt, so both groups' success rates are estimated on every prompt (ibpo / rft only)."""
-    anchor_forced: bool = True
-    """Also train every correct exploration sample under the forced prompt that drew it, so the forced regular
-    and voting modes (the references of the frontier) do not drift while the adaptive prompt learns."""
+    anchor_weight: float = 1.0
+    """Also train every correct exploration sample under the forced prompt that drew it, with this weight (0:
+    not at all), so the forced regular and voting modes (the references of the frontier) do not drift while the
+    adaptive prompt learns. Anchored tokens count in the update's normaliser Z, so the weight also sets the
+    share of the update that goes to the adaptive prompt's selected targets."""
     max_per_prompt: int | None = 1
     """m: at most m selected responses per prompt (null: no per-prompt rows)."""
     accumulate_steps: int = 1
@@ -103,7 +105,10 @@ class TrainConfig:
     lr: float = 1e-3
     """AdamW learning rate (constant)."""
     warmup_lr: float = 3e-3
-    """Learning rate of the warm-up SFT phase."""
+    """Learning rate of the warm-up SFT phase (its first step)."""
+    warmup_lr_end: float | None = None
+    """The warm-up's learning rate falls linearly from `warmup_lr` at its first step to this at its last (null:
+    constant `warmup_lr`)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -152,11 +157,13 @@ class TrainConfig:
             (self.utility in ("value", "reward", "margin"), "utility", '"value", "reward" or "margin"'),
             (0 <= 2 * self.explore_per_group <= self.samples_per_prompt, "explore_per_group",
              f">= 0 with 2 x explore_per_group <= samples_per_prompt ({self.samples_per_prompt})"),
+            (0.0 <= self.anchor_weight < float("inf"), "anchor_weight", ">= 0 and finite"),
             (self.max_per_prompt is None or self.max_per_prompt >= 1, "max_per_prompt", ">= 1 or null"),
             (self.accumulate_steps >= 1 and self.extended_trials >= 1, "accumulate_steps", ">= 1 (and extended_trials)"),
             (self.ilp_method in ("auto", "exact", "highs"), "ilp_method", '"auto", "exact" or "highs"'),
             (self.sft_format in SFT_FORMATS, "sft_format", f"one of {SFT_FORMATS}"),
             (self.lr > 0 and self.warmup_lr > 0, "lr", "> 0 (and warmup_lr too)"),
+            (self.warmup_lr_end is None or self.warmup_lr_end > 0, "warmup_lr_end", "> 0 or null"),
             (self.max_row_tokens >= 1 and self.checkpoint_every >= 0, "max_row_tokens", ">= 1, checkpoint_every >= 0"),
             (self.stop_after >= 0, "stop_after", ">= 0"),
             (self.update_tokens >= 0, "update_tokens", ">= 0"),

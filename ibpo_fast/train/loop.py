@@ -90,7 +90,7 @@ def one_step(run: Run, step: int) -> dict:
     cfg = run.cfg
     if step < cfg.warmup_steps:
         record = {"step": step, **sft_step(run, step, formats=WARMUP_FORMATS, batch=cfg.warmup_batch,
-                                           lr=cfg.warmup_lr)}
+                                           lr=warmup_lr(cfg, step))}
         run.warmup_metrics.log(record)
         return record
     if step == cfg.warmup_steps:
@@ -102,6 +102,13 @@ def one_step(run: Run, step: int) -> dict:
     record = {"step": step - cfg.warmup_steps, **record}
     run.metrics.log(record)
     return record
+
+
+def warmup_lr(cfg: TrainConfig, step: int) -> float:
+    """The warm-up's learning rate at `step`: constant, or falling linearly to `warmup_lr_end` at the last step."""
+    if cfg.warmup_lr_end is None or cfg.warmup_steps < 2:
+        return cfg.warmup_lr
+    return cfg.warmup_lr + (cfg.warmup_lr_end - cfg.warmup_lr) * step / (cfg.warmup_steps - 1)
 
 
 def _save(run: Run, next_step: int) -> None:
@@ -136,7 +143,7 @@ def sft_step(run: Run, step: int, *, formats, batch: int, lr: float) -> dict:
     gathered = distributed.all_gather_arrays(world, {"weight": samples.weight, "tokens": samples.response_tokens(),
                                                   "group": samples.group})
     figures = _update(run, samples, gathered["weight"], gathered["tokens"], lr, timer)
-    return {"mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", **figures,
+    return {"mode": "warmup" if step < cfg.warmup_steps else f"sft-{cfg.sft_format}", "lr": lr, **figures,
             "demo_extended_share": float(gathered["group"].mean()),
             "tokens_per_s": float(gathered["tokens"].sum()) / sum(timer.seconds.values()),
             **{f"time_{phase}": seconds for phase, seconds in timer.seconds.items()}}

@@ -4,10 +4,10 @@ Exploration (DESIGN §1): of each prompt's n samples, `explore_per_group` are dr
 regular prompt and as many under the forced voting prompt, the rest under the adaptive (ASV) prompt the
 policy is trained with; every sample, whatever prompt drew it, is trained as an answer to the adaptive
 prompt, so the group values r̄_g(p) exist for every prompt even once the policy stops choosing a group
-there. With `anchor_forced`, every correct exploration sample in its prompt's format is also trained under the
-forced prompt that drew it (weight 1, rejection sampling of the forced modes), which keeps the forced regular and voting
-modes, the references of the frontier, from drifting at every budget (measured without it: after 30 RL
-steps at q = 0 the voting prompt had stopped voting on some seeds).
+there. With `anchor_weight` > 0, every correct exploration sample in its prompt's format is also trained
+under the forced prompt that drew it, with that weight (rejection sampling of the forced modes), which keeps
+the forced regular and voting modes, the references of the frontier, from drifting at every budget
+(measured without it: after 30 RL steps at q = 0 the voting prompt had stopped voting on some seeds).
 
 Views: every sample sees its own presentation of its problem (`Task.view`: the arithmetic task's readings
 in a fresh order) and is trained under the adaptive prompt of that view. The group values r̄_g(p) are
@@ -166,8 +166,7 @@ def select(world: World, samples: Samples, buffer: budget.SampleBuffer, cfg) -> 
     buffer.push(utility, gathered["group"], gathered["prompt"])
     weights, selection = buffer.solve(cfg.budget, max_per_prompt=cfg.max_per_prompt, method=cfg.ilp_method)
     gathered["weight"] = weights.astype(np.float64)
-    gathered["anchor"] = (anchored(gathered["format"], gathered["group"], gathered["reward"])
-                          & cfg.anchor_forced).astype(np.float64)
+    gathered["anchor"] = anchored(gathered["format"], gathered["group"], gathered["reward"]) * float(cfg.anchor_weight)
     start = world.rank * len(samples.reward)
     samples.weight = gathered["weight"][start:start + len(samples.reward)]
     samples.anchor = gathered["anchor"][start:start + len(samples.reward)]
