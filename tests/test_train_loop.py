@@ -1,5 +1,6 @@
 """The trainer's loop on the tiny model: odd batches behave as documented in `train/phases.py`, and a
 run killed with Ctrl-C resumes to the same metrics as an uninterrupted one."""
+import dataclasses
 import json
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from ibpo_fast.rollout import FORMATS, ArithmeticTask, HFSampler, Problem, Rollo
 from ibpo_fast.rollout.tasks import readings
 from ibpo_fast.train import TrainConfig, train
 from ibpo_fast.train.config import EvalConfig, load_config
-from ibpo_fast.train.evaluate import evaluate
+from ibpo_fast.train.evaluate import evaluate, load_trained
 from ibpo_fast.train.loop import warmup_lr
 from ibpo_fast.train import phases
 from ibpo_fast.train.distributed import World
@@ -293,3 +294,14 @@ def test_samples_per_format_and_generate_draw_under_each_prompt():
         assert len(texts) == 1 and sorted(readings(texts.pop().strip())[0]) == sorted(readings(problems[owner].text)[0])
         shown[owner].add(tokenizer.decode(drawn.prompts["asv"][k]))
     assert all(len(views) > 1 for views in shown.values())  # the samples of a problem see fresh orders
+
+
+def test_a_model_saved_before_anchor_weight_loads_with_its_meaning(tmp_path):
+    """model.pt files of earlier runs hold `anchor_forced` (bool); it reads as `anchor_weight` 1.0 / 0.0."""
+    cfg = dataclasses.asdict(TrainConfig(model="tiny"))
+    del cfg["anchor_weight"]
+    tokenizer = char_tokenizer()
+    for old, new in ((False, 0.0), (True, 1.0)):
+        torch.save({"config": {**cfg, "anchor_forced": old},
+                    "model": tiny_model(len(tokenizer), seed=0).state_dict()}, tmp_path / "model.pt")
+        assert load_trained(str(tmp_path / "model.pt"), torch.device("cpu"))[2].anchor_weight == new

@@ -79,7 +79,7 @@ def load(out: Path, *, policy, optimizer, buffer, cfg, world: World) -> int:
     Raises ValueError when `cfg` differs from the saved config in a field that changes the run's meaning."""
     folder = _folder(out)
     trainer = torch.load(folder / TRAINER, map_location="cpu", weights_only=False)
-    check_resumable(trainer["config"], cfg, folder)
+    check_resumable(saved_config(trainer["config"]), cfg, folder)
     model_state, optim_state = get_state_dict(policy, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
     with _single_process_ok():
@@ -88,6 +88,14 @@ def load(out: Path, *, policy, optimizer, buffer, cfg, world: World) -> int:
     buffer.load_state_dict(trainer["buffer"])
     _set_rng_state(torch.load(folder / f"rng_{world.rank % trainer['world_size']}.pt", weights_only=False))
     return int(trainer["step"])
+
+
+def saved_config(saved: dict) -> dict:
+    """A saved config with renamed fields in today's names: `anchor_forced` (bool) is `anchor_weight` 1.0 / 0.0."""
+    saved = dict(saved)
+    if "anchor_forced" in saved:
+        saved["anchor_weight"] = float(saved.pop("anchor_forced"))
+    return saved
 
 
 def check_resumable(saved: dict, cfg, folder) -> None:
@@ -122,10 +130,10 @@ class SavedWeights:
         self.path, self._file = path, None
         if path.is_file():
             self._file = torch.load(path, map_location="cpu", weights_only=False)
-            self.config = self._file["config"]
+            self.config = saved_config(self._file["config"])
         elif (folder := _folder(path) or _folder(path.parent, path.name)) is not None:
             self.path = folder
-            self.config = torch.load(folder / TRAINER, map_location="cpu", weights_only=False)["config"]
+            self.config = saved_config(torch.load(folder / TRAINER, map_location="cpu", weights_only=False)["config"])
         else:
             raise InputError(f"{str(path)!r} is neither a model file, a checkpoint folder nor a run folder "
                              f"with {MODEL} or {CHECKPOINT}/")
