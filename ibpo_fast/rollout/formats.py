@@ -107,9 +107,13 @@ def _tally(answers: list[str | None]) -> _Tally:
     return _Tally(counts, first_seen, consensus)
 
 
-def _most_frequent(tally: _Tally) -> str | None:
-    # max() keeps the first maximal key, and keys are in order of first occurrence
-    return tally.first_seen[max(tally.counts, key=tally.counts.__getitem__)] if tally.counts else None
+def _most_frequent(tally: _Tally, *, tie_is_none: bool = False) -> str | None:
+    """The most frequent answer; on a tie the one seen first, or None with `tie_is_none`."""
+    if not tally.counts:
+        return None
+    top = max(tally.counts.values())
+    leaders = [key for key, count in tally.counts.items() if count == top]  # in order of first occurrence
+    return None if tie_is_none and len(leaders) > 1 else tally.first_seen[leaders[0]]
 
 
 def majority(answers: list[str | None]) -> str | None:
@@ -130,9 +134,7 @@ def vote(answers: list[str | None]) -> str | None:
     tally = _tally(answers)
     if tally.consensus is not None:
         return tally.first_seen[_vote_key(answers[tally.consensus])]
-    if list(tally.counts.values()).count(max(tally.counts.values(), default=0)) > 1:
-        return None
-    return _most_frequent(tally)
+    return _most_frequent(tally, tie_is_none=True)
 
 
 def parse(response_text: str) -> Parsed:
