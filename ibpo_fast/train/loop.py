@@ -162,7 +162,7 @@ def _update(run: Run, samples, all_weights, all_tokens, lr: float, timer: PhaseT
                                                       for key in ("loss", "abs_diff", "tokens")})
     return {"loss": float(parts["loss"].mean()), "update_skipped": local["skipped"],
             "logprob_abs_diff": float(parts["abs_diff"].sum() / max(parts["tokens"].sum(), 1.0)),
-            "train_tokens": int(np.dot(all_weights if all_anchors is None else all_weights + all_anchors, all_tokens))}
+            "train_tokens": int(local["learned_tokens"])}
 
 
 def _data_seed(cfg: TrainConfig, step: int) -> int:

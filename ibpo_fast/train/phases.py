@@ -197,11 +197,11 @@ def training_pairs(samples: Samples) -> tuple[list, np.ndarray, np.ndarray]:
 def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg, all_anchors=None) -> dict:
     """Weighted SFT step on the selected (and anchored) responses: loss = −Σ_i w_i log π(y_i|x_i) / Z with Z
     the learned response tokens of all ranks. Only w_i > 0 is packed. Returns local, not yet reduced,
-    figures."""
+    figures, and Z itself (`learned_tokens`: from the gathered arrays, the same on every rank)."""
     learned = all_weights if all_anchors is None else all_weights + all_anchors
     total_tokens = float(np.dot(learned, all_tokens))  # Z (counts the eos token as learned)
     if total_tokens == 0:
-        return {"loss": 0.0, "abs_diff": 0.0, "tokens": 0.0, "skipped": True}
+        return {"loss": 0.0, "abs_diff": 0.0, "tokens": 0.0, "skipped": True, "learned_tokens": 0.0}
     pairs, owners, weights = training_pairs(samples)
     num_direct = int((samples.weight > 0).sum())  # the first pairs: trained under the adaptive prompt
     dummy = len(pairs) == 0  # keep this rank in the collectives with a zero-weight sequence
@@ -210,7 +210,7 @@ def update(policy, samples: Samples, all_weights, all_tokens, world: World, cfg,
     # FSDP averages gradients over ranks: W · w_i / Z makes the average the one-process gradient.
     seq_weights = torch.as_tensor(weights * world.size / total_tokens, dtype=torch.float32, device=world.device)
     seq_logp, loss = backward_in_chunks(policy, pairs, seq_weights, world, cfg.update_tokens)
-    figures = {"loss": loss.detach(), "abs_diff": 0.0, "tokens": 0.0, "skipped": False}
+    figures = {"loss": loss.detach(), "abs_diff": 0.0, "tokens": 0.0, "skipped": False, "learned_tokens": total_tokens}
     # Health metric: |sampler − trainer| of each sequence's summed log-prob, per learned token, over the
     # sequences trained under the prompt that drew them (a lower bound on the per-token mean |difference|;
     # exact when all differences share a sign).
