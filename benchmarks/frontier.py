@@ -1,7 +1,7 @@
 """The efficiency frontier on the tiny default (DESIGN §1): accuracy against inference cost, IBPO at each
 budget q against self-consistency of the same-steps RL model at q = 0, with the allocation by difficulty.
 
-    python -m benchmarks frontier --out bench_out/frontier                 # seeds 0 1 2 at once: 14 min on 2 cores (22-26 on another)
+    python -m benchmarks frontier --out bench_out/frontier                 # seeds 0 1 2 at once: 15 min on 2 cores
     python -m benchmarks frontier --out bench_out/frontier --seeds 0 --jobs 1
     python -m benchmarks frontier --quick --out /tmp/frontier             # plumbing only, tiny sizes
 
@@ -256,7 +256,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--steps", type=int, default=0, help="steps of every trained method (0: the preset's)")
-    parser.add_argument("--problems-per-level", type=int, default=128)
+    parser.add_argument("--problems-per-level", type=int, default=1024)
     parser.add_argument("--sc-samples", type=int, default=8)
     parser.add_argument("--sc-k", type=int, nargs="+", default=[2, 3, 4, 6, 8])
     parser.add_argument("--jobs", type=int, default=3, help="seeds trained in parallel, one thread each")
