@@ -1,7 +1,7 @@
 """The efficiency frontier on the tiny default (DESIGN §1): accuracy against inference cost, IBPO at each
 budget q against self-consistency of the same-steps RL model at q = 0, with the allocation by difficulty.
 
-    python -m benchmarks frontier --out bench_out/frontier                 # seeds 0 1 2 at once: 15 min on 2 cores
+    python -m benchmarks frontier --out bench_out/frontier                 # seeds 0 1 2 at once: 17 min on 2 cores
     python -m benchmarks frontier --out bench_out/frontier --seeds 0 --jobs 1
     python -m benchmarks frontier --quick --out /tmp/frontier             # plumbing only, tiny sizes
 

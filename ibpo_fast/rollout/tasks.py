@@ -68,9 +68,10 @@ class ArithmeticLevel:
 # copies and sums one reading ("#1:3+1+1+0 3+1=4+1=5+0=5 \\boxed{5}"), so it is as right as that reading; a
 # vote sums every reading once, and with the wrong readings a minority its plurality is always right. So
 # voting gains wrong_readings / READINGS on a noisy problem and nothing on a clean one: level 3 (one of three
-# readings wrong in every problem) gains 1/3 everywhere, level 2 (one wrong in 30% of problems) 1/3 on
-# those, level 1 nothing. That is the error one attempt cannot train away while independent attempts vote
-# it right (DESIGN §1), and the per-problem gains make difficulty what the budget buys. Every sample sees
+# readings wrong in every problem) gains 1/3 everywhere, levels 1 and 2 (shorter and longer chains, no
+# wrong reading) nothing. That is the error one attempt cannot train away while independent attempts vote
+# it right (DESIGN §1), and the per-problem gains make difficulty what the budget buys; level 2 checks that
+# the policy learns which problems a vote helps, not to vote on longer ones. Every sample sees
 # the readings in a fresh order (`ArithmeticTask.view`), so which reading one attempt copies is a property
 # of the sample, not of the problem. Why each part, measured on the tiny model (warm-up, then RL):
 # - noise drawn per reading made voting pay on level 2 about as often as on level 3 (some level-3 problems
@@ -87,10 +88,14 @@ class ArithmeticLevel:
 #   terms, and near that length the outcome depends on the seed; slips demonstrated inside attempts were
 #   unlearned by RL (level 3: 0.59 to 0.98 right in one attempt); digit increments (wrong answers spread
 #   over 9 values) were not learned in the warm-up (copies of 4-term readings 3% right, one-digit sums 16%);
+# - noise on 30% of level 2 (one reading wrong, the previous task) drew a fifth of the q = 0.25 budget
+#   there: such a prompt gains as much from a vote as a level-3 one, and the policy cannot tell it from a
+#   clean one, so it voted on 0.18 of level 2 and the allocation gain stopped at +0.030 (+0.045 with a
+#   clean level 2; 3 seeds, benchmarks/README.md); noise on 15% did not move the policy either;
 # - votes of 5 attempts over readings of 6 terms failed (later attempts copy worse: right copies 0.94 to
 #   0.20 from the first attempt to the fifth), so the readings are short.
 ARITHMETIC_LEVELS: dict[int, ArithmeticLevel] = {
-    1: ArithmeticLevel(2, 0, 0.0), 2: ArithmeticLevel(3, 1, 0.3), 3: ArithmeticLevel(4, 1, 1.0),
+    1: ArithmeticLevel(2, 0, 0.0), 2: ArithmeticLevel(3, 0, 0.0), 3: ArithmeticLevel(4, 1, 1.0),
     4: ArithmeticLevel(6, 1, 1.0)}
 MODULUS = 10
 STEP_TERMS = (0, 1)
@@ -130,8 +135,8 @@ def _reading(terms: list[int], wrong: bool, rng: random.Random) -> list[int]:
 
 
 class ArithmeticTask:
-    """Running sums mod 10 shown as readings, some wrong (see `ARITHMETIC_LEVELS`), e.g. level 2:
-    "#1:9+1+1 #2:9+0+1 #3:9+1+1 %10" (answer "1", reading 2 wrong). Train and test draw from separate random
+    """Running sums mod 10 shown as readings, some wrong (see `ARITHMETIC_LEVELS`), e.g. level 3:
+    "#1:9+1+1+0 #2:9+0+1+0 #3:9+1+1+0 %10" (answer "1", reading 2 wrong). Train and test draw from separate random
     streams (level 1 has few distinct problems, so the two splits overlap there)."""
 
     def __init__(self, levels: tuple[int, ...] = (1, 2, 3)):
