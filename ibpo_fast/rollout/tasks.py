@@ -91,7 +91,8 @@ class ArithmeticLevel:
 # - noise on 30% of level 2 (one reading wrong, the previous task) drew a fifth of the q = 0.25 budget
 #   there: such a prompt gains as much from a vote as a level-3 one, and the policy cannot tell it from a
 #   clean one, so it voted on 0.18 of level 2 and the allocation gain stopped at +0.030 (+0.045 with a
-#   clean level 2; 3 seeds, benchmarks/README.md); noise on 15% did not move the policy either;
+#   clean level 2 and the preset's falling warm-up lr; 3 seeds, benchmarks/README.md); noise on 15% did not
+#   move the policy either;
 # - votes of 5 attempts over readings of 6 terms failed (later attempts copy worse: right copies 0.94 to
 #   0.20 from the first attempt to the fifth), so the readings are short.
 ARITHMETIC_LEVELS: dict[int, ArithmeticLevel] = {
@@ -136,8 +137,8 @@ def _reading(terms: list[int], wrong: bool, rng: random.Random) -> list[int]:
 
 class ArithmeticTask:
     """Running sums mod 10 shown as readings, some wrong (see `ARITHMETIC_LEVELS`), e.g. level 3:
-    "#1:9+1+1+0 #2:9+0+1+0 #3:9+1+1+0 %10" (answer "1", reading 2 wrong). Train and test draw from separate random
-    streams (level 1 has few distinct problems, so the two splits overlap there)."""
+    "#1:9+1+1+0 #2:9+0+1+0 #3:9+1+1+0 %10" (answer "1", reading 2 wrong). Train and test draw from separate
+    random streams (level 1 has few distinct problems, so the two splits overlap there)."""
 
     def __init__(self, levels: tuple[int, ...] = (1, 2, 3)):
         if not levels or any(level not in ARITHMETIC_LEVELS for level in levels):
